@@ -1,0 +1,3 @@
+"""fewview: sparse-view 3D reconstruction with generative priors."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,32 @@
+"""Cameras and rays in one internal convention (OpenCV c2w, pixel intrinsics); see ``cameras.py``."""
+
+from .cameras import CameraError, Cameras, check_rotations, intrinsics_matrix, rigid_inverse
+from .rays import Rays, camera_rays, pixel_centers, rays_from_pixels
+from .trajectories import (
+    Circle3D,
+    fit_circle,
+    look_at,
+    nearest_point_to_axes,
+    orbit,
+    relative_to,
+    sparsefusion_trajectory,
+)
+
+__all__ = [
+    "CameraError",
+    "Cameras",
+    "Circle3D",
+    "Rays",
+    "camera_rays",
+    "check_rotations",
+    "fit_circle",
+    "intrinsics_matrix",
+    "look_at",
+    "nearest_point_to_axes",
+    "orbit",
+    "pixel_centers",
+    "rays_from_pixels",
+    "relative_to",
+    "rigid_inverse",
+    "sparsefusion_trajectory",
+]

@@ -1,0 +1,169 @@
+"""Tiny fixtures: an analytic sphere rendered through cameras, written in real on-disk formats."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fewview.cameras import Cameras, camera_rays, intrinsics_matrix, orbit
+
+SPHERE_CENTER = torch.tensor([0.1, -0.05, 0.2], dtype=torch.float64)
+SPHERE_RADIUS = 0.6
+
+
+def sphere_mask(cams: Cameras, center=SPHERE_CENTER, radius=SPHERE_RADIUS) -> torch.Tensor:
+    """(B, H, W) bool: which pixel-centre rays hit the sphere (analytic ray/sphere test)."""
+    rays = camera_rays(cams, dtype=torch.float64)
+    oc = rays.origins - center
+    b = (oc * rays.directions).sum(-1)
+    c = (oc * oc).sum(-1) - radius**2
+    return (b * b - c) > 0
+
+
+def sphere_images(cams: Cameras) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGB images (B, H, W, 3) with a coloured sphere on grey, and uint8 masks (B, H, W)."""
+    m = sphere_mask(cams).numpy()
+    rgb = np.full((*m.shape, 3), 60, dtype=np.uint8)
+    rgb[m] = (200, 120, 40)
+    return rgb, (m * 255).astype(np.uint8)
+
+
+def make_cams(n=6, h=40, w=48, radius=3.0, elevation=25.0, f=50.0) -> Cameras:
+    K = intrinsics_matrix(f, f * 1.02, w / 2 + 1.3, h / 2 - 0.7)
+    return orbit(n, radius, elevation, K, h, w, center=SPHERE_CENTER.tolist(), up=(0, 0, 1))
+
+
+def save_png(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.bool(), b.bool()
+    return float((a & b).sum()) / max(1, int((a | b).sum()))
+
+
+# ------------------------------------------------------------------- writers
+def write_blender(root: Path, cams: Cameras, split="train", nerfstudio=False) -> Path:
+    from fewview.cameras.convert import to_opengl
+
+    rgb, mask = sphere_images(cams)
+    frames = []
+    gl = to_opengl(cams)
+    for i in range(len(cams)):
+        rgba = np.concatenate([rgb[i], mask[i][..., None]], -1)
+        name = f"{split}/r_{i}"
+        save_png(root / f"{name}.png", rgba)
+        fr = {"file_path": f"./{name}" if not nerfstudio else f"{name}.png", "transform_matrix": gl[i].tolist()}
+        if nerfstudio:
+            K = cams.K[i].double()
+            fr.update(
+                fl_x=float(K[0, 0]),
+                fl_y=float(K[1, 1]),
+                cx=float(K[0, 2]),
+                cy=float(K[1, 2]),
+                w=cams.width,
+                h=cams.height,
+            )
+        frames.append(fr)
+    meta = {"frames": frames}
+    if not nerfstudio:
+        meta["camera_angle_x"] = float(cams.fov_x[0])
+    path = root / ("transforms.json" if nerfstudio else f"transforms_{split}.json")
+    path.write_text(json.dumps(meta))
+    return path
+
+
+def write_llff(root: Path, cams: Cameras, with_masks=True) -> None:
+    from fewview.data.llff import write_llff_poses
+
+    rgb, mask = sphere_images(cams)
+    for i in range(len(cams)):
+        save_png(root / "images" / f"IMG_{i:04d}.png", rgb[i])
+        if with_masks:
+            save_png(root / "masks" / f"IMG_{i:04d}.png", mask[i])
+    write_llff_poses(root / "poses_bounds.npy", cams, torch.tensor([[1.0, 6.0]] * len(cams)))
+
+
+def write_colmap(root: Path, cams: Cameras, binary=True) -> None:
+    from fewview.data.colmap import write_colmap_model
+
+    rgb, _ = sphere_images(cams)
+    names = [f"frame_{i:03d}.png" for i in range(len(cams))]
+    for i, n in enumerate(names):
+        save_png(root / "images" / n, rgb[i])
+    pts = np.random.default_rng(0).normal(size=(20, 3)) * 0.3
+    write_colmap_model(root / "sparse" / "0", cams, names, binary=binary, points=pts)
+
+
+def write_dtu(root: Path, cams: Cameras, scale=0.37, offset=(0.3, -0.2, 0.5)) -> torch.Tensor:
+    """IDR layout; the world frame is the normalised frame scaled by ``scale`` and shifted by ``offset``.
+
+    Returns the scale matrix (normalised -> world)."""
+    from fewview.cameras.convert import to_dtu
+
+    rgb, mask = sphere_images(cams)
+    sm = torch.eye(4, dtype=torch.float64)
+    sm[:3, :3] *= 1 / scale
+    sm[:3, 3] = torch.tensor(offset)
+    wm = to_dtu(cams)  # world_mat projects world points; P = world_mat @ scale_mat projects normalised ones
+    data = {}
+    for i in range(len(cams)):
+        save_png(root / "image" / f"{i:06d}.png", rgb[i])
+        save_png(root / "mask" / f"{i:03d}.png", mask[i])
+        data[f"world_mat_{i}"] = wm[i].numpy()
+        data[f"scale_mat_{i}"] = sm.numpy()
+    np.savez(root / "cameras.npz", **data)
+    return sm
+
+
+def write_co3d(root: Path, cams: Cameras, category="hydrant", sequence="42_1234_5678", fmt="ndc_isotropic") -> None:
+    from fewview.cameras.convert import to_pytorch3d
+
+    rgb, mask = sphere_images(cams)
+    R, T, f, p, hw = to_pytorch3d(cams)
+    if fmt == "ndc_norm_image_bounds":  # convert isotropic NDC to per-axis image-bounds NDC
+        half_min = hw.double().min(1, keepdim=True).values / 2
+        half_wh = hw.double().flip(1) / 2
+        f, p = f * half_min / half_wh, p * half_min / half_wh
+    frames = []
+    for i in range(len(cams)):
+        img_rel = f"{category}/{sequence}/images/frame{i + 1:06d}.jpg.png"
+        mask_rel = f"{category}/{sequence}/masks/frame{i + 1:06d}.png"
+        save_png(root / img_rel, rgb[i])
+        save_png(root / mask_rel, mask[i])
+        depth_rel = f"{category}/{sequence}/depths/frame{i + 1:06d}.jpg.geometric.png"
+        depth = np.full(mask[i].shape, 2.5, dtype=np.float16)
+        save_png(root / depth_rel, depth.view(np.uint16))
+        frames.append(
+            {
+                "sequence_name": sequence,
+                "frame_number": i + 1,
+                "frame_timestamp": float(i) / 10,
+                "image": {"path": img_rel, "size": [int(hw[i, 0]), int(hw[i, 1])]},
+                "depth": {"path": depth_rel, "scale_adjustment": 2.0, "mask_path": None},
+                "mask": {"path": mask_rel, "mass": float(mask[i].sum())},
+                "viewpoint": {
+                    "R": R[i].tolist(),
+                    "T": T[i].tolist(),
+                    "focal_length": f[i].tolist(),
+                    "principal_point": p[i].tolist(),
+                    "intrinsics_format": fmt,
+                },
+                "meta": {},
+            }
+        )
+    cdir = root / category
+    (cdir / "set_lists").mkdir(parents=True, exist_ok=True)
+    (cdir / "frame_annotations.jgz").write_bytes(gzip.compress(json.dumps(frames[::-1]).encode()))
+    seqs = [{"sequence_name": sequence, "category": category, "viewpoint_quality_score": 0.9}]
+    (cdir / "sequence_annotations.jgz").write_bytes(gzip.compress(json.dumps(seqs).encode()))
+    rows = [[sequence, i + 1, frames[i]["image"]["path"]] for i in range(len(cams))]
+    (cdir / "set_lists" / "set_lists_fewview_dev.json").write_text(
+        json.dumps({"train": rows[:2], "val": [], "test": rows})
+    )
