@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import typing
 from pathlib import Path
 
 from . import __version__
 from .cameras import CameraError
 from .data import DataError
+from .export import ExportError
 from .metrics.lpips_weights import WeightsError
 
 
@@ -26,21 +29,167 @@ def _default_demo_scene() -> Path | None:
     return None
 
 
+def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One ``--option`` per dataclass field, typed, with the field's help text and default."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(
+                name, dest=f.name, type=float, nargs=len(typing.get_args(kind)), default=None, help=help_text
+            )
+        else:
+            parser.add_argument(name, dest=f.name, type=kind, default=None, help=help_text)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    for f in dataclasses.fields(cls):
+        if f.name in values and typing.get_origin(typing.get_type_hints(cls)[f.name]) is tuple:
+            values[f.name] = tuple(values[f.name])
+    return cls(**{**overrides, **values})
+
+
+def _print_record(record: dict, out: Path) -> None:
+    from .metrics import format_metrics
+
+    print(
+        f"{record['protocol']} {record['method']}: {format_metrics(record['means'])}  "
+        f"(fit {record['fit_seconds']:.0f} s, peak {record['peak_memory_mb']:.0f} MB)"
+    )
+    for name, b in record["binned"].items():
+        print(f"  {name:>6} deg ({b['count']:2d} views): PSNR {b['psnr']:.2f}  SSIM {b['ssim']:.3f}")
+    print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .data import get_protocol, load_scene
+    from .methods.fit import FitConfig
+    from .methods.protocol_run import run_protocol
 
     scene_path = Path(args.scene) if args.scene else _default_demo_scene()
     if scene_path is None:
         print("error: no demo scene found; pass --scene PATH or set FEWVIEW_DEMO_SCENE", file=sys.stderr)
         return 2
-    scene = load_scene(scene_path, split="train")
-    print(scene.summary())
-    if scene.meta.get("format") == "blender":
-        split = get_protocol("lego-3view")(len(scene))
-        print(
-            f"protocol {split.protocol}: inputs {list(split.inputs)} ({split.input_split}), "
-            f"{len(split.evaluation)} evaluation views ({split.eval_split})"
-        )
+    out = Path(args.out)
+    print(f"fewview demo: reconstructing {scene_path.name} from 3 views (protocol lego-3view) into {out}/")
+    cfg = FitConfig(
+        steps=args.steps,
+        grid_res=48,
+        grid_res_final=96,
+        upsample_step=args.steps // 3,
+        w_rgb_per_sample=0.1,
+        w_entropy=1e-3,
+        w_tv=1e-4,
+        checkpoint_every=max(args.steps // 4, 1),
+    )
+    record = run_protocol(scene_path, "lego-3view", out, cfg, downscale=2.0, progress=not args.quiet)
+    _print_record(record, out)
+    _render_outputs(out, frames=40, quiet=args.quiet)
+    try:
+        _export_outputs(out, out / "mesh.ply", out / "points.ply", resolution=128)
+    except ExportError as e:
+        print(f"mesh: skipped ({e})")
+    print(f"open {out / 'report.html'} for the novel views")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .data import load_scene
+    from .methods.fit import FitConfig, Fitter
+    from .methods.protocol_run import run_protocol
+
+    cfg = dataclass_from_args(FitConfig, args)
+    out = Path(args.out)
+    if args.protocol:
+        record = run_protocol(args.scene, args.protocol, out, cfg, args.downscale, progress=not args.quiet)
+        _print_record(record, out)
+        return 0
+    if not args.views:
+        print("error: give --views I,J,K or --protocol NAME", file=sys.stderr)
+        return 2
+    scene = load_scene(args.scene, split=args.split, downscale=args.downscale)
+    views = [int(v) for v in args.views.split(",")]
+    bad = [v for v in views if not 0 <= v < len(scene)]
+    if bad:
+        print(f"error: --views {bad} out of range: the scene has {len(scene)} views", file=sys.stderr)
+        return 2
+    Fitter(scene, views, cfg, out).run(progress=not args.quiet)
+    print(f"wrote {out}/checkpoint and {out}/config.json")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .methods.fit import FitConfig
+    from .methods.protocol_run import run_protocol
+
+    out = Path(args.out)
+    record = run_protocol(
+        args.scene,
+        args.protocol,
+        out,
+        dataclass_from_args(FitConfig, args),
+        args.downscale,
+        progress=not args.quiet,
+        refit=args.refit,
+    )
+    _print_record(record, out)
+    return 0
+
+
+def _render_outputs(run: Path, frames: int, quiet: bool, size: tuple[int, int] | None = None) -> None:
+    from tqdm import tqdm
+
+    from .evaluation import colorize_depth, to_uint8
+    from .export import turntable_cameras, write_video
+    from .methods.fit import load_fit
+    from .methods.protocol_run import input_cameras
+
+    state, config = load_fit(run)
+    cams = turntable_cameras(input_cameras(config), frames, *(size or (None, None)))
+    rgb, depth, opacity = [], [], []
+    for i in tqdm(range(len(cams)), desc="turntable", disable=quiet):
+        r = state.render(cams[i])
+        rgb.append(to_uint8(r["rgb"]))
+        depth.append(to_uint8(colorize_depth(r["depth"], r["opacity"])))
+        opacity.append(to_uint8(r["opacity"]))
+    for name, fr in (("turntable", rgb), ("turntable_depth", depth), ("turntable_opacity", opacity)):
+        write_video(fr, run / f"{name}.gif")
+    write_video(rgb, run / "turntable.mp4")
+    print(f"wrote {run}/turntable.mp4, turntable.gif, turntable_depth.gif, turntable_opacity.gif")
+
+
+def _export_outputs(
+    run: Path, mesh: Path | None, points: Path | None, resolution: int, level: float | None = None
+) -> None:
+    from .export import extract_mesh, point_cloud, save_mesh, save_point_cloud
+    from .methods.fit import load_fit
+    from .methods.protocol_run import input_cameras
+
+    state, config = load_fit(run)
+    if mesh is not None:
+        m = extract_mesh(state.field, resolution, level, state.step_size)
+        save_mesh(m, mesh)
+        print(f"wrote {mesh} ({len(m.vertices)} vertices, {len(m.faces)} faces)")
+    if points is not None:
+        pts, cols = point_cloud(state.render, input_cameras(config))
+        save_point_cloud(pts, cols, points)
+        print(f"wrote {points} ({len(pts)} points)")
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    size = tuple(int(v) for v in args.size.split("x"))[::-1] if args.size else None
+    _render_outputs(Path(args.run), args.frames, args.quiet, size)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    mesh = Path(args.mesh) if args.mesh else (run / "mesh.ply" if not args.points else None)
+    _export_outputs(run, mesh, Path(args.points) if args.points else None, args.resolution, args.level)
     return 0
 
 
@@ -69,9 +218,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fewview {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run the demo on the example scene")
-    d.add_argument("--scene", help="scene folder (default: $FEWVIEW_DEMO_SCENE or shared/data/lego)")
+    d = sub.add_parser("demo", help="reconstruct the example object from 3 views: novel views, turntable, mesh, report")
+    d.add_argument("--scene", help="Blender scene folder (default: $FEWVIEW_DEMO_SCENE or shared/data/lego)")
+    d.add_argument("--out", default="fewview-demo", help="output folder (default: fewview-demo)")
+    d.add_argument("--steps", type=int, default=1500, help="optimisation steps (default: 1500)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
+
+    from .methods.fit import FitConfig
+
+    f = sub.add_parser("fit", help="fit a per-scene radiance field to posed views")
+    f.add_argument("scene", help="scene folder (Blender, LLFF, DTU/IDR or COLMAP)")
+    f.add_argument("--out", required=True, help="run folder (resumes from its checkpoint)")
+    f.add_argument("--views", help="comma-separated input view indices")
+    f.add_argument("--protocol", help="named protocol: picks inputs and evaluates on its evaluation views")
+    f.add_argument("--split", default="train", help="split of a Blender scene for --views")
+    f.add_argument("--downscale", type=float, default=1.0, help="divide image resolution by this factor")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_dataclass_options(f, FitConfig)
+    f.set_defaults(func=cmd_fit)
+
+    e = sub.add_parser("eval", help="run a protocol: fit on its inputs, evaluate its evaluation views, write a report")
+    e.add_argument("scene")
+    e.add_argument("--protocol", required=True, help="lego-dense, lego-3view, lego-8view, llff-3view, dtu-3view")
+    e.add_argument("--out", required=True, help="output folder (metrics.json, report.html, renders/)")
+    e.add_argument("--downscale", type=float, default=1.0)
+    e.add_argument("--refit", action="store_true", help="discard a fit already in --out")
+    e.add_argument("--quiet", action="store_true")
+    add_dataclass_options(e, FitConfig)
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("render", help="render a fitted run: turntable MP4/GIF with depth and opacity")
+    r.add_argument("run")
+    r.add_argument("--frames", type=int, default=60)
+    r.add_argument("--size", help="WxH (default: the input views' size)")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_render)
+
+    x = sub.add_parser("export", help="export a fitted run: mesh (PLY/OBJ/GLB) and/or point cloud (PLY)")
+    x.add_argument("run")
+    x.add_argument("--mesh", help="mesh path (.ply, .obj, .glb); default RUN/mesh.ply")
+    x.add_argument("--points", help="point cloud path (.ply)")
+    x.add_argument("--resolution", type=int, default=192, help="marching-cubes lattice size")
+    x.add_argument("--level", type=float, help="density iso-level (default: opacity 0.5 per march step)")
+    x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="load a scene folder (any supported format) and print a summary")
     i.add_argument("path")
@@ -94,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DataError, CameraError, WeightsError) as e:
+    except (DataError, CameraError, WeightsError, ExportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

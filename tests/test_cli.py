@@ -7,10 +7,14 @@ from .test_readers import SHARED, needs_shared
 
 
 @needs_shared
-def test_demo_prints_summary(capsys):
-    assert main(["demo", "--scene", str(SHARED / "lego")]) == 0
+def test_demo_smoke(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    assert main(["demo", "--scene", str(SHARED / "lego"), "--out", str(out_dir), "--steps", "30", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "100 views, 128x128" in out and "lego-3view" in out
+    assert "lego-3view" in out and "PSNR" in out
+    for name in ("metrics.json", "report.html", "turntable.mp4", "turntable.gif", "checkpoint/field.safetensors"):
+        assert (out_dir / name).exists(), name
+    assert (out_dir / "mesh.ply").exists() or "mesh: skipped" in out
 
 
 def test_info_on_fixture(tmp_path, capsys):

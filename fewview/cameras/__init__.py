@@ -8,6 +8,7 @@ from .trajectories import (
     look_at,
     nearest_point_to_axes,
     orbit,
+    orbit_basis,
     relative_to,
     sparsefusion_trajectory,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "look_at",
     "nearest_point_to_axes",
     "orbit",
+    "orbit_basis",
     "pixel_centers",
     "rays_from_pixels",
     "relative_to",

@@ -46,6 +46,14 @@ def relative_to(cams: Cameras, index: int = 0, rotation_only: bool = False) -> C
     return Cameras((T @ cams.c2w.double()).to(cams.c2w.dtype), cams.K.clone(), cams.size.clone())
 
 
+def orbit_basis(up: Tensor) -> tuple[Tensor, Tensor]:
+    """The in-plane axes (a, b) of :func:`orbit` for a unit ``up``: azimuth 0 is along a, 90 along b."""
+    helper = torch.zeros(3, dtype=torch.float64)
+    helper[int(up.abs().argmin())] = 1.0  # the world axis least aligned with up
+    a = _normalize(torch.linalg.cross(helper, up.double()))
+    return a, torch.linalg.cross(up.double(), a)
+
+
 def orbit(
     n: int,
     radius: float,
@@ -61,10 +69,7 @@ def orbit(
     plane orthogonal to ``up`` through ``center``, all looking at ``center``."""
     up_t = _normalize(torch.as_tensor(up, dtype=torch.float64))
     center_t = torch.as_tensor(center, dtype=torch.float64)
-    helper = torch.zeros(3, dtype=torch.float64)
-    helper[int(up_t.abs().argmin())] = 1.0  # the world axis least aligned with up
-    a = _normalize(torch.linalg.cross(helper, up_t))
-    b = torch.linalg.cross(up_t, a)
+    a, b = orbit_basis(up_t)
     az = torch.deg2rad(torch.tensor(start_azimuth_deg, dtype=torch.float64)) + torch.arange(n, dtype=torch.float64) * (
         2 * math.pi / n
     )

@@ -1,0 +1,87 @@
+"""Direct voxel grids (DVGO-style): a density grid and a feature grid decoded by a small colour MLP."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Field, density_shift, mlp, sh_encoding, softplus_density
+from .interp import trilinear
+
+
+class DenseGridField(Field):
+    """Density and colour features stored at the vertices of a res^3 grid over ``aabb``.
+
+    Args:
+        aabb: (2, 3) box (min, max) in world units.
+        resolution: vertices per axis (can grow during a fit with :meth:`upsample`).
+        feature_dim: colour features per vertex.
+        width: colour MLP width (two hidden layers).
+        sh_degree: view-direction encoding (0 disables view dependence).
+        init_alpha: opacity of one ``step`` at initialisation.
+        step: the render step (world units) ``init_alpha`` refers to.
+    """
+
+    def __init__(
+        self,
+        aabb,
+        resolution: int = 64,
+        feature_dim: int = 12,
+        width: int = 64,
+        sh_degree: int = 2,
+        init_alpha: float = 1e-2,
+        step: float = 0.01,
+    ):
+        super().__init__()
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
+        self.res = resolution
+        self.shift, self.step = density_shift(init_alpha), step
+        self.sh_degree = sh_degree
+        self.density_grid = nn.Parameter(torch.zeros(resolution**3, 1))
+        self.feature_grid = nn.Parameter(torch.randn(resolution**3, feature_dim) * 0.1)
+        n_dir = (sh_degree + 1) ** 2 if sh_degree > 0 else 0
+        self.rgb_net = mlp(feature_dim + n_dir, width, 2, 3)
+        self._config = dict(
+            aabb=self.aabb.tolist(),
+            resolution=resolution,
+            feature_dim=feature_dim,
+            width=width,
+            sh_degree=sh_degree,
+            init_alpha=init_alpha,
+            step=step,
+        )
+
+    def density(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raw = trilinear(self.density_grid, self.res, self.normalize(x))[:, 0]
+        return softplus_density(raw, self.shift, self.step), x
+
+    def color(self, aux: Tensor, dirs: Tensor) -> Tensor:
+        f = trilinear(self.feature_grid, self.res, self.normalize(aux))
+        if self.sh_degree > 0:
+            f = torch.cat([f, sh_encoding(dirs, self.sh_degree)], -1)
+        return torch.sigmoid(self.rgb_net(f))
+
+    @torch.no_grad()
+    def upsample(self, resolution: int) -> None:
+        """Trilinearly resample both grids to ``resolution`` vertices per axis (new Parameters)."""
+
+        def resample(table: Tensor) -> Tensor:
+            c = table.shape[1]
+            vol = table.reshape(self.res, self.res, self.res, c).permute(3, 0, 1, 2)[None]
+            vol = F.interpolate(vol, size=(resolution,) * 3, mode="trilinear", align_corners=True)
+            return vol[0].permute(1, 2, 3, 0).reshape(-1, c).contiguous()
+
+        self.density_grid = nn.Parameter(resample(self.density_grid.data))
+        self.feature_grid = nn.Parameter(resample(self.feature_grid.data))
+        self.res = resolution
+        self._config["resolution"] = resolution
+
+    def total_variation(self, n: int = 4096, generator=None) -> Tensor:
+        """Mean squared difference between random vertices' density and their +x/+y/+z neighbours."""
+        r = self.res
+        idx = torch.randint(0, r - 1, (n, 3), generator=generator, device=self.density_grid.device)
+        flat = (idx[:, 0] * r + idx[:, 1]) * r + idx[:, 2]
+        d = self.density_grid[:, 0]
+        c = d[flat]
+        return ((d[flat + r * r] - c) ** 2 + (d[flat + r] - c) ** 2 + (d[flat + 1] - c) ** 2).mean()

@@ -1,0 +1,145 @@
+"""Fitting: smoke runs on a tiny fixture, resume equals an uninterrupted run, run folders, exports, CLI."""
+
+import json
+
+import pytest
+import torch
+import trimesh
+
+from fewview.cli import main
+from fewview.data import load_blender
+from fewview.export import extract_mesh, turntable_cameras, write_video
+from fewview.methods.fit import FitConfig, Fitter, load_fit
+
+from .helpers import SPHERE_CENTER, make_cams, write_blender
+from .test_render import SphereField
+
+TINY = dict(
+    steps=2, batch_rays=256, grid_res=8, grid_res_final=12, upsample_step=1, occupancy_res=16, occupancy_every=1,
+    occupancy_warmup=1, checkpoint_every=1, w_rgb_per_sample=0.1, w_entropy=1e-3, w_distortion=1e-3, w_tv=1e-3,
+    w_silhouette=0.1,
+)  # fmt: skip
+
+
+def tiny_scene(tmp_path, n=4):
+    write_blender(tmp_path, make_cams(n=n, h=24, w=24, f=30.0), "train")
+    return load_blender(tmp_path, "train")
+
+
+def test_two_step_smoke_fit_every_representation(tmp_path):
+    scene = tiny_scene(tmp_path)
+    for rep in ("grid", "hashgrid", "mlp"):
+        f = Fitter(scene, [0, 1, 2], FitConfig(representation=rep, **TINY), tmp_path / rep)
+        state = f.run(progress=False)
+        assert f.step == 2 and all(torch.isfinite(torch.tensor(h["mse"])) for h in f.history)
+        out = state.render(scene.cameras[3])
+        assert out["rgb"].shape == (3, 24, 24) and out["depth"].shape == (1, 24, 24)
+        cfg = json.loads((tmp_path / rep / "config.json").read_text())
+        assert cfg["inputs"] == [0, 1, 2] and cfg["fit"]["representation"] == rep and "torch" in cfg["env"]
+        assert (tmp_path / rep / "checkpoint" / "field.safetensors").exists()
+
+
+def test_depth_smoothness_patches(tmp_path):
+    scene = tiny_scene(tmp_path)
+    f = Fitter(scene, [0, 1], FitConfig(**{**TINY, "w_depth_smooth": 0.1}), None)
+    idx = f.sample_batch()
+    h, w = f.hw
+    patch = idx[:16].reshape(4, 4)
+    assert bool((patch[:, 1:] - patch[:, :-1] == 1).all()) and bool((patch[1:] - patch[:-1] == w).all())
+    f.train_step()
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_continues_to_the_same_result(tmp_path):
+    scene = tiny_scene(tmp_path)
+    cfg = FitConfig(**{**TINY, "steps": 6, "checkpoint_every": 3})
+    full = Fitter(scene, [0, 1, 2], cfg, tmp_path / "full").run(progress=False)
+
+    def kill_after_4(fitter):
+        if fitter.step == 4:  # a checkpoint was written at step 3; step 4 is lost
+            raise Killed
+
+    with pytest.raises(Killed):
+        Fitter(scene, [0, 1, 2], cfg, tmp_path / "resumed").run(progress=False, callback=kill_after_4)
+    torch.manual_seed(12345)  # a new process has other RNG state: resume must restore it
+    second = Fitter(scene, [0, 1, 2], cfg, tmp_path / "resumed")
+    resumed = second.run(progress=False)
+    assert second.step == 6
+    for k, v in full.field.state_dict().items():
+        torch.testing.assert_close(resumed.field.state_dict()[k], v, atol=1e-6, rtol=0)
+    loaded, _ = load_fit(tmp_path / "resumed")
+    for k, v in resumed.field.state_dict().items():
+        torch.testing.assert_close(loaded.field.state_dict()[k], v)
+
+
+def test_mesh_export_matches_sphere_radius(tmp_path):
+    f = SphereField(center=(0.1, 0.0, -0.1), radius=0.5, sigma=50.0)
+    mesh = extract_mesh(f, resolution=64, level=25.0)
+    path = tmp_path / "sphere.ply"
+    mesh.export(path)
+    again = trimesh.load(path)
+    r = torch.from_numpy(again.vertices - [0.1, 0.0, -0.1]).norm(dim=-1)
+    assert abs(float(r.mean()) - 0.5) < 0.02 and float(r.std()) < 0.02
+    assert again.is_watertight
+    # Normals point outwards and vertex colours are the sphere's colour.
+    n = torch.from_numpy(again.vertex_normals.copy())
+    assert float((n * torch.from_numpy(again.vertices - [0.1, 0.0, -0.1])).sum(-1).mean()) > 0
+    assert abs(int(again.visual.vertex_colors[0, 1]) - round(0.6 * 255)) <= 1
+    for ext in (".obj", ".glb"):
+        mesh.export(tmp_path / f"sphere{ext}")
+        assert len(trimesh.load(tmp_path / f"sphere{ext}", force="mesh").vertices) > 100
+
+
+def test_turntable_starts_at_input_zero_and_videos(tmp_path):
+    cams = make_cams(n=5)
+    tt = turntable_cameras(cams, n=12)
+    torch.testing.assert_close(tt.centers[0], cams.centers[0].double(), atol=1e-6, rtol=0)
+    frames = [(torch.rand(20, 22, 3) * 255).byte().numpy() for _ in range(4)]
+    write_video(frames, tmp_path / "a.gif")
+    write_video(frames, tmp_path / "a.mp4")
+    assert (tmp_path / "a.gif").stat().st_size > 0 and (tmp_path / "a.mp4").stat().st_size > 0
+
+
+def test_cli_fit_render_export_eval(tmp_path, capsys):
+    write_blender(tmp_path / "scene", make_cams(n=4, h=24, w=24, f=30.0), "train")
+    opts = ["--steps", "150", "--batch-rays", "512", "--grid-res", "12", "--grid-res-final", "16",
+            "--upsample-step", "20", "--occupancy-res", "16", "--lr-decay", "1", "--quiet"]  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["fit", str(tmp_path / "scene"), "--out", str(run), "--views", "0,1,2", *opts]) == 0
+    assert main(["render", str(run), "--frames", "3", "--quiet"]) == 0
+    assert (run / "turntable.mp4").exists() and (run / "turntable_depth.gif").exists()
+    rc = main(
+        ["export", str(run), "--mesh", str(run / "m.glb"), "--points", str(run / "points.ply"), "--resolution", "24"]
+    )
+    assert rc == 0 and (run / "points.ply").exists() and (run / "m.glb").exists()
+    pts = trimesh.load(run / "points.ply")
+    # The fixture is a sphere of radius 0.6: the fitted surface points lie near it.
+    r = torch.from_numpy(pts.vertices - SPHERE_CENTER.numpy()).norm(dim=-1)
+    assert len(pts.vertices) > 100 and abs(float(r.median()) - 0.6) < 0.1
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "scene"),
+                "--out",
+                str(empty),
+                "--views",
+                "0",
+                "--steps",
+                "1",
+                "--init-alpha",
+                "1e-6",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert main(["export", str(empty), "--points", str(empty / "p.ply")]) == 2
+    assert "the field is empty" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "scene"), "--out", str(run), "--views", "0,9"]) == 2
+    assert "out of range" in capsys.readouterr().err
