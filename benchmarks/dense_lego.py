@@ -22,7 +22,7 @@ import torch
 from fewview.checkpoint import environment_info
 from fewview.data import get_protocol, load_blender
 from fewview.evaluation import evaluate_views, nan_to_none
-from fewview.fields import DenseGridField, MLPField
+from fewview.fields import DenseGridField, HashGridField, MLPField
 from fewview.methods.fit import FitConfig, Fitter
 from fewview.methods.protocol_run import peak_memory_mb
 from fewview.metrics import format_metrics, psnr
@@ -72,7 +72,8 @@ def main() -> int:
     ap.add_argument("--data", default="../shared/data/lego")
     ap.add_argument("--out", default="bench-out/dense-lego")
     ap.add_argument("--budget", type=float, default=240.0, help="grid field optimisation seconds")
-    ap.add_argument("--mlp-budget", type=float, default=900.0, help="cap on the MLP NeRF's optimisation seconds")
+    ap.add_argument("--mlp-budget", type=float, default=600.0, help="cap on the MLP NeRF's optimisation seconds")
+    ap.add_argument("--lpips-weights", default="../shared/weights", help="LPIPS-alex weights file or folder")
     ap.add_argument("--steps", type=int, default=3000)
     args = ap.parse_args()
     out = Path(args.out)
@@ -90,7 +91,10 @@ def main() -> int:
     grid_fit, grid_curve, grid_reached, grid_s = timed_fit(
         train, list(split.inputs), cfg, test, probe, (25.0, 28.0), args.budget, 15.0, "grid"
     )
-    result = evaluate_views(grid_fit.state.render, test.cameras, test.composite(1.0), train.cameras, None, out, None)
+    weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
+    result = evaluate_views(
+        grid_fit.state.render, test.cameras, test.composite(1.0), train.cameras, None, out, None, lpips_weights=weights
+    )
     print(f"grid field after {grid_s:.0f} s of optimisation ({grid_fit.step} steps): {format_metrics(result['means'])}")
 
     mlp_cfg = FitConfig(representation="mlp", steps=10**6, batch_rays=1024, w_rgb_per_sample=0.0)
@@ -105,6 +109,7 @@ def main() -> int:
 
     aabb = grid_fit.state.field.aabb.tolist()
     tp_grid = throughput(lambda: DenseGridField(aabb, resolution=128))
+    tp_hash = throughput(lambda: HashGridField(aabb), n=65536, reps=3)
     tp_mlp = throughput(lambda: MLPField(aabb), n=16384, reps=2)
     record = {
         "protocol": "lego-dense",
@@ -120,7 +125,7 @@ def main() -> int:
         "mlp": {"train_seconds": mlp_s, "curve": mlp_curve, "time_to": mlp_reached},
         "speed_ratio_to_25db": ratio,
         "speed_ratio_kind": ratio_kind,
-        "throughput_samples_per_s": {"grid_128": tp_grid, "mlp_8x256": tp_mlp},
+        "throughput_samples_per_s": {"grid_128": tp_grid, "hashgrid_16x2": tp_hash, "mlp_8x256": tp_mlp},
         "wall_seconds": time.perf_counter() - t_start,
         "peak_memory_mb": peak_memory_mb(),
         "device": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
@@ -132,7 +137,8 @@ def main() -> int:
         f"lego-dense grid: PSNR {result['means']['psnr']:.2f} SSIM {result['means']['ssim']:.3f} after {grid_s:.0f} s; "
         f"time to 25 dB {t_grid25 or float('nan'):.0f} s, to 28 dB {grid_reached.get(28.0, float('nan')):.0f} s; "
         f"MLP to 25 dB: {mlp_reached.get(25.0, 'not reached')} (cap {args.mlp_budget:.0f} s); "
-        f"ratio {ratio:.1f}x ({ratio_kind}); throughput grid {tp_grid / 1e3:.0f}k samples/s, MLP {tp_mlp / 1e3:.0f}k; "
+        f"ratio {ratio:.1f}x ({ratio_kind}); throughput (samples/s) grid {tp_grid / 1e3:.0f}k, "
+        f"hash {tp_hash / 1e3:.0f}k, MLP {tp_mlp / 1e3:.0f}k; "
         f"peak {record['peak_memory_mb']:.0f} MB"
     )
     print(f"wrote {out / 'dense_lego.json'}; reproduce: python benchmarks/dense_lego.py --data {args.data}")

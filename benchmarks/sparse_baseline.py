@@ -14,21 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from fewview.methods.fit import FitConfig
+from fewview.methods.fit import SPARSE_PRESET, FitConfig
 from fewview.methods.protocol_run import run_protocol
 from fewview.metrics import format_metrics
-
-# Sparse-view regularisers on (the seeds' no-prior baselines use the same kinds of terms).
-SPARSE = dict(
-    steps=1500,
-    grid_res=48,
-    grid_res_final=96,
-    upsample_step=500,
-    w_rgb_per_sample=0.1,
-    w_entropy=1e-3,
-    w_tv=1e-4,
-    w_distortion=1e-3,
-)
 
 
 def main() -> int:
@@ -36,16 +24,18 @@ def main() -> int:
     ap.add_argument("--lego", default="../shared/data/lego")
     ap.add_argument("--llff", default="../shared/data/mary_rose")
     ap.add_argument("--out", default="bench-out/sparse-baseline")
-    ap.add_argument("--steps", type=int, default=SPARSE["steps"])
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--lpips-weights", default="../shared/weights", help="LPIPS-alex weights file or folder")
     args = ap.parse_args()
-    cfg = FitConfig(**{**SPARSE, "steps": args.steps})
+    cfg = FitConfig(**SPARSE_PRESET, steps=args.steps, upsample_step=args.steps // 3)
+    weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
     rows = []
     for scene, protocol in ((args.lego, "lego-3view"), (args.llff, "llff-3view")):
         if not scene or not Path(scene).exists():
             print(f"skipping {protocol}: {scene} not found")
             continue
         out = Path(args.out) / protocol
-        rec = run_protocol(scene, protocol, out, cfg, progress=True, refit=True)
+        rec = run_protocol(scene, protocol, out, cfg, progress=False, refit=True, lpips_weights=weights)
         bins = "  ".join(f"{k}: {v['psnr']:.2f}" for k, v in rec["binned"].items())
         line = f"{protocol} ({Path(scene).name}) no-prior fit: {format_metrics(rec['means'])}  | PSNR by angle {bins}"
         print(line, flush=True)

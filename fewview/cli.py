@@ -105,7 +105,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(FitConfig, args)
     out = Path(args.out)
     if args.protocol:
-        record = run_protocol(args.scene, args.protocol, out, cfg, args.downscale, progress=not args.quiet)
+        record = run_protocol(
+            args.scene,
+            args.protocol,
+            out,
+            cfg,
+            args.downscale,
+            progress=not args.quiet,
+            lpips_weights=args.lpips_weights,
+        )
         _print_record(record, out)
         return 0
     if not args.views:
@@ -235,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--split", default="train", help="split of a Blender scene for --views")
     f.add_argument("--downscale", type=float, default=1.0, help="divide image resolution by this factor")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.add_argument("--lpips-weights", help="LPIPS-alex weights for --protocol evaluation (default: env, cache)")
     add_dataclass_options(f, FitConfig)
     f.set_defaults(func=cmd_fit)
 
@@ -244,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output folder (metrics.json, report.html, renders/)")
     e.add_argument("--downscale", type=float, default=1.0)
     e.add_argument("--refit", action="store_true", help="discard a fit already in --out")
+    e.add_argument("--lpips-weights", help="LPIPS-alex weights file or folder (default: $FEWVIEW_LPIPS_WEIGHTS, cache)")
     e.add_argument("--quiet", action="store_true")
     add_dataclass_options(e, FitConfig)
     e.set_defaults(func=cmd_eval)

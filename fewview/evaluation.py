@@ -76,6 +76,7 @@ def evaluate_views(
     names: list[str] | None = None,
     lpips: bool = True,
     progress: bool = False,
+    lpips_weights: str | Path | None = None,
 ) -> dict:
     """Render every evaluation camera, score it against ``gt`` (N, 3, H, W, on the protocol's
     background) and, with ``out_dir``, save prediction/depth PNGs.
@@ -90,7 +91,7 @@ def evaluate_views(
         preds.append(r["rgb"])
         depths.append(colorize_depth(r["depth"], r["opacity"]))
     pred = torch.stack(preds)
-    per_view = image_metrics(pred, gt.float(), masks, lpips=lpips)
+    per_view = image_metrics(pred, gt.float(), masks, lpips=lpips, lpips_weights=lpips_weights)
     unavailable = per_view.pop("lpips_unavailable", None)
     if per_view.get("lpips_alex") is None:
         per_view.pop("lpips_alex", None)

@@ -45,3 +45,28 @@ def test_ssim_identity_and_reference():
     torch.testing.assert_close(ssim(x, y), ref, atol=1e-10, rtol=0)
     torch.testing.assert_close(ssim(x, y, torch.ones(2, 1, 20, 18, dtype=torch.float64)), ref, atol=1e-10, rtol=0)
     assert float(ssim(x, 1 - x).max()) < 0.0
+
+
+def test_chamfer_distance_known_answers():
+    from fewview.metrics import chamfer_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(500, 3, generator=g, dtype=torch.float64)
+    assert chamfer_distance(a, a)["chamfer"] == 0.0
+    # A rigid shift smaller than half the spacing of a lattice moves every nearest neighbour by the shift.
+    axis = torch.arange(5, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    d = chamfer_distance(grid, grid + torch.tensor([0.1, 0.0, 0.0], dtype=torch.float64))
+    assert abs(d["accuracy"] - 0.1) < 1e-12 and abs(d["completeness"] - 0.1) < 1e-12
+    # One-sided: a subset is perfectly accurate but incomplete.
+    d2 = chamfer_distance(grid[:10], grid)
+    assert d2["accuracy"] == 0.0 and d2["completeness"] > 0.5
+
+
+def test_mesh_surface_sampling_on_sphere():
+    import trimesh
+
+    from fewview.metrics import sample_mesh_surface
+
+    pts = sample_mesh_surface(trimesh.creation.icosphere(subdivisions=4, radius=2.0), 2000)
+    assert pts.shape == (2000, 3) and abs(float(pts.norm(dim=-1).mean()) - 2.0) < 0.01

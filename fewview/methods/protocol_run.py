@@ -51,6 +51,7 @@ def run_protocol(
     progress: bool = True,
     lpips: bool = True,
     refit: bool = False,
+    lpips_weights: str | Path | None = None,
 ) -> dict:
     """Fit the per-scene field on the protocol's inputs (resuming a fit already in ``out_dir`` unless
     ``refit``) and evaluate on its evaluation views. Writes ``metrics.json`` and ``report.html``."""
@@ -69,7 +70,7 @@ def run_protocol(
     eval_sub = eval_scene.select(list(split.evaluation))
     eval_cams, names = eval_sub.cameras, [Path(f).stem for f in eval_sub.frames]
     result = evaluate_views(
-        state.render, eval_cams, gt, fitter.train.cameras, masks, out, names, lpips=lpips, progress=progress
+        state.render, eval_cams, gt, fitter.train.cameras, masks, out, names, lpips, progress, lpips_weights
     )
     # Input thumbnails for the report.
     from PIL import Image

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from .geometry import chamfer_distance, nearest_distances, sample_mesh_surface
 from .image import psnr, ssim, ssim_map
 from .lpips import LPIPS, PerceptualLoss, lpips_metric
 from .lpips_weights import WeightsError, find_lpips_weights
@@ -51,11 +52,14 @@ __all__ = [
     "LPIPS",
     "PerceptualLoss",
     "WeightsError",
+    "chamfer_distance",
     "find_lpips_weights",
     "format_metrics",
     "image_metrics",
     "lpips_metric",
+    "nearest_distances",
     "psnr",
     "ssim",
+    "sample_mesh_surface",
     "ssim_map",
 ]
