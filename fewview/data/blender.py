@@ -14,7 +14,7 @@ import torch
 
 from ..cameras import Cameras, intrinsics_matrix
 from ..cameras.convert import from_opengl
-from .io import area_resize, downscaled_size, load_image, read_json, stack_images
+from .io import downscale_scene, load_image, read_json, stack_images
 from .scene import DataError, Scene, validate_cameras
 
 _INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
@@ -132,12 +132,7 @@ def load_blender(
     cams = from_opengl(torch.from_numpy(np.stack(poses)), torch.stack(Ks), h, w)
     validate_cameras(cams, path, "frames")
     cams = Cameras(cams.c2w.float(), cams.K.float(), cams.size)
-    if downscale != 1:
-        nh, nw = downscaled_size(h, w, downscale)
-        images = area_resize(images, nh, nw, alpha=alpha)
-        mask_t = None if mask_t is None else area_resize(mask_t, nh, nw)
-        cams = cams.resize(nh, nw)
-    return Scene(
+    scene = Scene(
         images=images,
         cameras=cams,
         masks=mask_t,
@@ -146,3 +141,4 @@ def load_blender(
         name=root.name,
         meta={"format": "blender", "split": split, "transforms": str(path)},
     )
+    return downscale_scene(scene, downscale)

@@ -17,7 +17,7 @@ import torch
 
 from ..cameras import Cameras, intrinsics_matrix
 from ..cameras.convert import from_colmap, quat_to_rotmat, rotmat_to_quat
-from .io import area_resize, downscaled_size, load_image, stack_images
+from .io import downscale_scene, load_image, stack_images
 from .scene import DataError, Scene, validate_cameras
 
 # model id -> (name, number of params)
@@ -321,11 +321,7 @@ def load_colmap(
     if len(model.points) >= 8:
         lo, hi = np.percentile(model.points, 1, axis=0), np.percentile(model.points, 99, axis=0)
         bounds = torch.tensor(np.stack([lo, hi]), dtype=torch.float32)
-    if downscale != 1:
-        nh, nw = downscaled_size(h, w, downscale)
-        images = area_resize(images, nh, nw)
-        cams = cams.resize(nh, nw)
-    return Scene(
+    scene = Scene(
         images=images,
         cameras=cams,
         bounds=bounds,
@@ -334,6 +330,7 @@ def load_colmap(
         name=root.name,
         meta={"format": "colmap", "sparse_dir": str(sdir), "num_points": int(len(model.points))},
     )
+    return downscale_scene(scene, downscale)
 
 
 __all__ = ["ColmapModel", "load_colmap", "quat_to_rotmat", "read_colmap_model", "write_colmap_model"]

@@ -16,7 +16,7 @@ import torch
 
 from ..cameras import CameraError, Cameras
 from ..cameras.convert import from_dtu
-from .io import area_resize, downscaled_size, load_image, stack_images
+from .io import downscale_scene, load_image, stack_images
 from .llff import list_images
 from .scene import DataError, Scene, validate_cameras
 
@@ -99,12 +99,7 @@ def load_dtu(
     # Objects lie inside the unit sphere of the normalised frame.
     dist = cams.centers.norm(dim=-1)
     near_far = torch.stack([(dist - 1).clamp_min(0.05), dist + 1], dim=-1)
-    if downscale != 1:
-        nh, nw = downscaled_size(h, w, downscale)
-        images = area_resize(images, nh, nw)
-        masks = None if masks is None else area_resize(masks, nh, nw)
-        cams = cams.resize(nh, nw)
-    return Scene(
+    scene = Scene(
         images=images,
         cameras=cams,
         masks=masks,
@@ -115,3 +110,4 @@ def load_dtu(
         name=root.name,
         meta={"format": "dtu", "cameras": str(cpath), "scale_mat_0": sms[0].tolist()},
     )
+    return downscale_scene(scene, downscale)

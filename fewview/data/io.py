@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from .scene import DataError
+from .scene import DataError, Scene
 
 
 def read_json(path: str | Path, field: str = "") -> object:
@@ -83,3 +83,29 @@ def stack_images(arrs: list[np.ndarray], paths: list, source, field: str) -> Ten
         if a.shape[:2] != (h, w):
             raise DataError(source, f"{field}[{i}]", f"image {paths[i]} is {a.shape[1]}x{a.shape[0]}, expected {w}x{h}")
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+
+def downscale_scene(scene: Scene, factor: float) -> Scene:
+    """The scene with its resolution divided by ``factor``: area-filtered images (premultiplied by alpha
+    for RGBA sources) and masks, nearest-neighbour depths and valid regions, rescaled intrinsics."""
+    if factor == 1:
+        return scene
+    h, w = downscaled_size(scene.height, scene.width, factor)
+    alpha = scene.masks if scene.background == "alpha" else None
+
+    def nearest(t):
+        return None if t is None else F.interpolate(t, size=(h, w), mode="nearest")
+
+    return Scene(
+        images=area_resize(scene.images, h, w, alpha=alpha),
+        cameras=scene.cameras.resize(h, w),
+        masks=None if scene.masks is None else area_resize(scene.masks, h, w),
+        depths=nearest(scene.depths),
+        near_far=scene.near_far,
+        bounds=scene.bounds,
+        valid=nearest(scene.valid),
+        background=scene.background,
+        frames=scene.frames,
+        name=scene.name,
+        meta={**scene.meta, "downscale": factor},
+    )

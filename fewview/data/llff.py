@@ -14,7 +14,7 @@ import torch
 
 from ..cameras import Cameras
 from ..cameras.convert import from_llff
-from .io import area_resize, downscaled_size, load_image, stack_images
+from .io import downscale_scene, load_image, stack_images
 from .scene import DataError, Scene, validate_cameras
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG")
@@ -93,12 +93,7 @@ def load_llff(
                 mdir, "masks", f"mask size {tuple(masks.shape[-2:])[::-1]} differs from image size {(w, h)}"
             )
 
-    if downscale != 1:
-        nh, nw = downscaled_size(h, w, downscale)
-        images = area_resize(images, nh, nw)
-        masks = None if masks is None else area_resize(masks, nh, nw)
-        cams = cams.resize(nh, nw)
-    return Scene(
+    scene = Scene(
         images=images,
         cameras=cams,
         masks=masks,
@@ -108,6 +103,7 @@ def load_llff(
         name=root.name,
         meta={"format": "llff", "poses_bounds": str(pb_path)},
     )
+    return downscale_scene(scene, downscale)
 
 
 def write_llff_poses(path: str | Path, cams: Cameras, near_far) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 
 class Field(nn.Module):
-    """Base class. Subclasses implement ``density`` and ``color`` and record constructor args in ``_config``."""
+    """Base class. Subclasses call ``self._init_common(locals())`` first, then implement ``density``/``color``."""
 
     aabb: Tensor
     _config: dict
@@ -37,6 +37,14 @@ class Field(nn.Module):
 
     def config(self) -> dict:
         return {"type": type(self).__name__, **self._config}
+
+    def _init_common(self, args: dict) -> None:
+        """Record the constructor arguments (``locals()`` at the top of ``__init__``) for ``config()`` and
+        register the box."""
+        self._config = {k: v for k, v in args.items() if k not in ("self", "__class__")}
+        aabb = torch.as_tensor(self._config["aabb"], dtype=torch.float32).reshape(2, 3).clone()
+        self._config["aabb"] = aabb.tolist()
+        self.register_buffer("aabb", aabb)
 
     def normalize(self, x: Tensor) -> Tensor:
         """World points -> [0, 1]^3 box coordinates."""

@@ -34,7 +34,7 @@ class DenseGridField(Field):
         step: float = 0.01,
     ):
         super().__init__()
-        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
+        self._init_common(locals())
         self.res = resolution
         self.shift, self.step = density_shift(init_alpha), step
         self.sh_degree = sh_degree
@@ -42,15 +42,6 @@ class DenseGridField(Field):
         self.feature_grid = nn.Parameter(torch.randn(resolution**3, feature_dim) * 0.1)
         n_dir = (sh_degree + 1) ** 2 if sh_degree > 0 else 0
         self.rgb_net = mlp(feature_dim + n_dir, width, 2, 3)
-        self._config = dict(
-            aabb=self.aabb.tolist(),
-            resolution=resolution,
-            feature_dim=feature_dim,
-            width=width,
-            sh_degree=sh_degree,
-            init_alpha=init_alpha,
-            step=step,
-        )
 
     def density(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raw = trilinear(self.density_grid, self.res, self.normalize(x))[:, 0]

@@ -45,7 +45,7 @@ class HashGridField(Field):
         step: float = 0.01,
     ):
         super().__init__()
-        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
+        self._init_common(locals())
         growth = math.exp((math.log(max_res) - math.log(base_res)) / max(levels - 1, 1))
         self.resolutions = [int(math.floor(base_res * growth**i)) for i in range(levels)]
         self.table_size = 2**log2_table
@@ -56,19 +56,6 @@ class HashGridField(Field):
         self.sh_degree = sh_degree
         self.density_net = mlp(levels * features, width, 1, 1 + geo_dim)
         self.rgb_net = mlp(geo_dim + (sh_degree + 1) ** 2, width, 2, 3)
-        self._config = dict(
-            aabb=self.aabb.tolist(),
-            levels=levels,
-            features=features,
-            log2_table=log2_table,
-            base_res=base_res,
-            max_res=max_res,
-            width=width,
-            geo_dim=geo_dim,
-            sh_degree=sh_degree,
-            init_alpha=init_alpha,
-            step=step,
-        )
 
     def encode(self, x: Tensor) -> Tensor:
         u = self.normalize(x)

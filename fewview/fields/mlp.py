@@ -15,7 +15,7 @@ class MLPField(Field):
 
     def __init__(self, aabb, width: int = 256, depth: int = 8, pos_freqs: int = 10, dir_freqs: int = 4):
         super().__init__()
-        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
+        self._init_common(locals())
         self.pos_freqs, self.dir_freqs, self.skip = pos_freqs, dir_freqs, depth // 2
         d_in = 3 + 6 * pos_freqs
         layers = []
@@ -27,7 +27,6 @@ class MLPField(Field):
         self.feature = nn.Linear(width, width)
         self.rgb1 = nn.Linear(width + 3 + 6 * dir_freqs, width // 2)
         self.rgb2 = nn.Linear(width // 2, 3)
-        self._config = dict(aabb=self.aabb.tolist(), width=width, depth=depth, pos_freqs=pos_freqs, dir_freqs=dir_freqs)
 
     def density(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # Encode box coordinates in [-1, 1] so the frequencies mean the same for any scene scale.
