@@ -188,9 +188,35 @@ def _export_outputs(
         print(f"wrote {points} ({len(pts)} points)")
 
 
+def _render_scene_views(run: Path, scene_path: str, split: str, views: str | None, downscale: float) -> None:
+    """PNG renders (rgb, depth, opacity) of a dataset's cameras, e.g. its test views."""
+    from PIL import Image
+
+    from .data import load_scene
+    from .evaluation import colorize_depth, to_uint8
+    from .methods.fit import load_fit
+
+    state, _ = load_fit(run)
+    scene = load_scene(scene_path, split=split, downscale=downscale)
+    idx = [int(v) for v in views.split(",")] if views else list(range(len(scene)))
+    out = run / f"views_{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    for i in idx:
+        r = state.render(scene.cameras[i])
+        stem = Path(scene.frames[i]).stem
+        Image.fromarray(to_uint8(r["rgb"])).save(out / f"{stem}_rgb.png")
+        Image.fromarray(to_uint8(colorize_depth(r["depth"], r["opacity"]))).save(out / f"{stem}_depth.png")
+        Image.fromarray(to_uint8(r["opacity"])).save(out / f"{stem}_opacity.png")
+    print(f"wrote {len(idx)} views (rgb, depth, opacity PNGs) to {out}")
+
+
 def cmd_render(args: argparse.Namespace) -> int:
-    size = tuple(int(v) for v in args.size.split("x"))[::-1] if args.size else None
-    _render_outputs(Path(args.run), args.frames, args.quiet, size)
+    run = Path(args.run)
+    if args.scene:
+        _render_scene_views(run, args.scene, args.split, args.views, args.downscale)
+    if args.frames > 0:
+        size = tuple(int(v) for v in args.size.split("x"))[::-1] if args.size else None
+        _render_outputs(run, args.frames, args.quiet, size)
     return 0
 
 
@@ -258,9 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(e, FitConfig)
     e.set_defaults(func=cmd_eval)
 
-    r = sub.add_parser("render", help="render a fitted run: turntable MP4/GIF with depth and opacity")
+    r = sub.add_parser("render", help="render a fitted run: turntable MP4/GIF with depth and opacity, dataset views")
     r.add_argument("run")
-    r.add_argument("--frames", type=int, default=60)
+    r.add_argument("--frames", type=int, default=60, help="turntable frames (0: no turntable)")
+    r.add_argument("--scene", help="also render this scene's cameras (e.g. its test views) to PNGs")
+    r.add_argument("--split", default="test", help="split of a Blender --scene (default: test)")
+    r.add_argument("--views", help="comma-separated view indices of --scene (default: all)")
+    r.add_argument("--downscale", type=float, default=1.0, help="downscale of --scene")
     r.add_argument("--size", help="WxH (default: the input views' size)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_render)

@@ -39,6 +39,22 @@ def test_two_step_smoke_fit_every_representation(tmp_path):
         assert (tmp_path / rep / "checkpoint" / "field.safetensors").exists()
 
 
+def test_perceptual_loss_hook(tmp_path):
+    from .test_lpips import ALEX
+
+    if not ALEX.exists():
+        pytest.skip("shared/weights (LPIPS-alex) not beside this checkout")
+    write_blender(tmp_path, make_cams(n=3, h=40, w=40, f=50.0), "train")
+    scene = load_blender(tmp_path, "train")
+    cfg = FitConfig(**{**TINY, "w_perceptual": 0.5, "perceptual_weights": str(ALEX)})
+    f = Fitter(scene, [0, 1], cfg, tmp_path / "run")
+    f.run(progress=False)
+    assert all("perceptual" in h for h in f.history) and f.history[-1]["perceptual"] > 0
+    from safetensors.torch import load_file
+
+    assert not any("conv" in k or "lin" in k for k in load_file(tmp_path / "run" / "checkpoint" / "field.safetensors"))
+
+
 def test_depth_smoothness_patches(tmp_path):
     scene = tiny_scene(tmp_path)
     f = Fitter(scene, [0, 1], FitConfig(**{**TINY, "w_depth_smooth": 0.1}), None)
@@ -109,8 +125,10 @@ def test_cli_fit_render_export_eval(tmp_path, capsys):
             "--upsample-step", "20", "--occupancy-res", "16", "--lr-decay", "1", "--quiet"]  # fmt: skip
     run = tmp_path / "run"
     assert main(["fit", str(tmp_path / "scene"), "--out", str(run), "--views", "0,1,2", *opts]) == 0
-    assert main(["render", str(run), "--frames", "3", "--quiet"]) == 0
+    assert main(["render", str(run), "--frames", "3", "--quiet", "--scene", str(tmp_path / "scene"), "--split", "train",
+                 "--views", "3"]) == 0  # fmt: skip
     assert (run / "turntable.mp4").exists() and (run / "turntable_depth.gif").exists()
+    assert (run / "views_train" / "r_3_rgb.png").exists() and (run / "views_train" / "r_3_opacity.png").exists()
     rc = main(
         ["export", str(run), "--mesh", str(run / "m.glb"), "--points", str(run / "points.ply"), "--resolution", "24"]
     )

@@ -53,6 +53,11 @@ class FitConfig:
     w_rgb_per_sample: float = option(default=0.0, metadata={"help": "weight of sum_i w_i |c_i - C|^2 (DVGO)"})
     w_tv: float = option(default=0.0, metadata={"help": "weight of density total variation (grid field)"})
     w_depth_smooth: float = option(default=0.0, metadata={"help": "weight of depth smoothness on 4x4 patches"})
+    w_perceptual: float = option(
+        default=0.0, metadata={"help": "weight of LPIPS-alex on a random image patch per step"}
+    )
+    perceptual_patch: int = option(default=32, metadata={"help": "side of that patch in pixels (LPIPS needs >= 32)"})
+    perceptual_weights: str = option(default="", metadata={"help": "LPIPS weights path (default: env/cache)"})
     checkpoint_every: int = option(default=500, metadata={"help": "write a checkpoint every N steps"})
     seed: int = option(default=0, metadata={"help": "random seed"})
 
@@ -235,14 +240,14 @@ class Fitter:
             return self._patch_batch(n)
         return torch.randint(0, len(self.origins), (n,), generator=self.gen)
 
-    def _patch_batch(self, n: int) -> Tensor:
-        """Indices of n // 16 random 4x4 patches (ordered patch by patch, row-major)."""
+    def _patch_batch(self, n: int, size: int = 4) -> Tensor:
+        """Ray indices of n // size^2 random size x size patches (ordered patch by patch, row-major)."""
         h, w = self.hw
-        k = n // 16
+        k = max(n // (size * size), 1)
         v = torch.randint(0, len(self.inputs), (k,), generator=self.gen)
-        y = torch.randint(0, h - 3, (k,), generator=self.gen)
-        x = torch.randint(0, w - 3, (k,), generator=self.gen)
-        dy, dx = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+        y = torch.randint(0, h - size + 1, (k,), generator=self.gen)
+        x = torch.randint(0, w - size + 1, (k,), generator=self.gen)
+        dy, dx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
         return ((v[:, None] * h + y[:, None] + dy.reshape(1, -1)) * w + x[:, None] + dx.reshape(1, -1)).reshape(-1)
 
     def losses(self, idx: Tensor) -> tuple[Tensor, dict[str, float], RenderOutput]:
@@ -277,7 +282,24 @@ class Fitter:
             ds = ((d[:, 1:] - d[:, :-1]) ** 2).mean() + ((d[:, :, 1:] - d[:, :, :-1]) ** 2).mean()
             loss = loss + cfg.w_depth_smooth * ds
             terms["depth_smooth"] = float(ds.detach())
+        if cfg.w_perceptual > 0:
+            p = min(cfg.perceptual_patch, *self.hw)
+            pidx = self._patch_batch(p * p, p)
+            pout = st.render_rays(self.origins[pidx], self.dirs[pidx], perturb=True, generator=self.gen)
+            to_img = lambda x: x.reshape(1, p, p, 3).permute(0, 3, 1, 2)  # noqa: E731
+            perc = self.perceptual(to_img(pout.rgb), to_img(self.rgb[pidx]))
+            loss = loss + cfg.w_perceptual * perc
+            terms["perceptual"] = float(perc.detach())
         return loss, terms, out
+
+    @property
+    def perceptual(self):
+        """LPIPS-alex loss, built on first use (its weights never enter the checkpoint)."""
+        if not hasattr(self, "_perceptual"):
+            from ..metrics import PerceptualLoss
+
+            self._perceptual = PerceptualLoss("alex", self.cfg.perceptual_weights or None)
+        return self._perceptual
 
     def train_step(self) -> dict[str, float]:
         cfg, st = self.cfg, self.state
