@@ -247,6 +247,23 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_objects(args: argparse.Namespace) -> int:
+    from .objects.builder import ObjectsConfig, build, export_blender
+
+    out = Path(args.out)
+    if args.export is not None:
+        path = export_blender(out, args.export, args.export_to or out / f"object_{args.export:05d}_blender")
+        print(f"wrote {path}/transforms_train.json and PNGs")
+        return 0
+    cfg = ObjectsConfig(objects=args.objects, views=args.views, res=args.res, seed=args.seed, fov_deg=args.fov,
+                        uniform_sphere=args.uniform_sphere, shard_size=args.shard_size)  # fmt: skip
+    card = build(cfg, out, progress=not args.quiet)
+    print(f"wrote {len(card['shards'])} shards, card.json and contact_sheet.png to {out} "
+          f"({cfg.objects} objects x {cfg.views} views at {cfg.res}px in {card['seconds']:.0f} s; "
+          f"{len(card['truncated'])} objects truncated in some view)")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewview", description="Sparse-view 3D reconstruction with generative priors.")
     p.add_argument("--version", action="version", version=f"fewview {__version__}")
@@ -308,6 +325,22 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--split", default="train", help="split for Blender scenes (train/val/test)")
     i.add_argument("--downscale", type=float, default=1.0, help="divide the resolution by this factor")
     i.set_defaults(func=cmd_info)
+
+    dp = sub.add_parser("data", help="build training datasets")
+    dsub = dp.add_subparsers(dest="which", required=True)
+    do = dsub.add_parser("objects", help="render the fewview-objects multi-view dataset (CO3D-like)")
+    do.add_argument("--out", required=True, help="dataset folder")
+    do.add_argument("--objects", type=int, default=2100, help="number of objects (default 2100)")
+    do.add_argument("--views", type=int, default=32, help="views per object (default 32)")
+    do.add_argument("--res", type=int, default=64, help="image side in pixels (default 64; 128 for the large variant)")
+    do.add_argument("--seed", type=int, default=0)
+    do.add_argument("--fov", type=float, default=50.0, help="field of view in degrees, fixed per dataset")
+    do.add_argument("--uniform-sphere", action="store_true", help="views spread over the sphere instead of a circle")
+    do.add_argument("--shard-size", type=int, default=64, help="objects per shard")
+    do.add_argument("--export", type=int, help="instead of building: export object N of --out as Blender format")
+    do.add_argument("--export-to", help="folder for --export (default: OUT/object_N_blender)")
+    do.add_argument("--quiet", action="store_true")
+    do.set_defaults(func=cmd_data_objects)
 
     w = sub.add_parser("weights", help="build or import pretrained weight files")
     wsub = w.add_subparsers(dest="which", required=True)

@@ -1,0 +1,1 @@
+"""fewview-objects: parametric multi-view object renders for training priors."""
