@@ -14,6 +14,7 @@ from .cameras import CameraError
 from .data import DataError
 from .export import ExportError
 from .metrics.lpips_weights import WeightsError
+from .objects.shapes import MissingMeshesError
 
 
 def _default_demo_scene() -> Path | None:
@@ -330,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dp.add_subparsers(dest="which", required=True)
     do = dsub.add_parser("objects", help="render the fewview-objects multi-view dataset (CO3D-like)")
     do.add_argument("--out", required=True, help="dataset folder")
-    do.add_argument("--objects", type=int, default=2100, help="number of objects (default 2100)")
+    do.add_argument("--objects", type=int, default=2112, help="number of objects (default 2112: 264 per category)")
     do.add_argument("--views", type=int, default=32, help="views per object (default 32)")
     do.add_argument("--res", type=int, default=64, help="image side in pixels (default 64; 128 for the large variant)")
     do.add_argument("--seed", type=int, default=0)
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DataError, CameraError, WeightsError, ExportError, FileNotFoundError) as e:
+    except (DataError, CameraError, WeightsError, ExportError, MissingMeshesError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

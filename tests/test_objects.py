@@ -41,8 +41,8 @@ def test_same_seed_byte_identical_other_seed_differs(dataset, tmp_path):
 
 
 def test_depth_unprojects_onto_the_mesh_surface():
-    cfg = ObjectsConfig(objects=7, views=4, res=64)
-    for i in range(7):  # one object of every category
+    cfg = ObjectsConfig(objects=len(CATEGORIES), views=4, res=64)
+    for i in range(len(CATEGORIES)):  # one object of every category
         obj, cams = generate(cfg, i)
         rgba, depth = render_object(obj, cams)
         pts = []
@@ -117,3 +117,16 @@ def test_cli_builds(tmp_path, capsys):
     assert main(args) == 0
     assert "wrote 1 shards" in capsys.readouterr().out
     assert (tmp_path / "d" / "card.json").exists()
+
+
+def test_generic_category_uses_the_pybullet_wheel_meshes(monkeypatch):
+    from fewview.objects.shapes import MissingMeshesError, make_object, pybullet_mesh_files
+
+    files = pybullet_mesh_files()
+    assert sum("random_urdfs" in f.parts for f in files) == 1000 and len(files) > 1000
+    obj = make_object("generic", np.random.default_rng([0, 3]))
+    assert obj.source and len(obj.mesh.faces) >= 12
+    assert np.linalg.norm(obj.mesh.vertices, axis=1).max() <= 0.95 + 1e-6
+    monkeypatch.setitem(__import__("sys").modules, "pybullet_data", None)  # as if pybullet were not installed
+    with pytest.raises(MissingMeshesError, match="pip install pybullet"):
+        make_object("generic", np.random.default_rng(0))

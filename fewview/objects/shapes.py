@@ -41,6 +41,8 @@ class ObjectModel:
     face_part: np.ndarray  # (F,) part index per face
     materials: list[Material]
     decals: list[Decal]
+    source: str = ""  # the mesh file for meshes taken from a collection
+    source: str = ""  # the mesh file for meshes taken from a collection
 
     def albedo(self, points: np.ndarray, parts: np.ndarray) -> np.ndarray:
         """(N, 3) albedo at surface points belonging to the given parts."""
@@ -243,6 +245,50 @@ def snowman(rng):
     return _assemble("snowman", [*[(s, 0) for s in spheres], (hat, 1), (nose, 2)], mats, eyes)
 
 
+class MissingMeshesError(RuntimeError):
+    """The generic category needs the meshes of the ``pybullet`` wheel."""
+
+
+def pybullet_mesh_files() -> list:
+    """The OBJ meshes inside the installed ``pybullet`` wheel's ``pybullet_data`` folder (sorted):
+    the 1,000 ``random_urdfs`` objects first, then the other shipped meshes. No network is used."""
+    from pathlib import Path
+
+    try:
+        import pybullet_data
+    except ImportError:
+        raise MissingMeshesError(
+            "the 'generic' category renders the meshes shipped in the pybullet wheel: pip install pybullet"
+        ) from None
+    root = Path(pybullet_data.getDataPath())
+    files = sorted(root.glob("random_urdfs/*/*.obj"))
+    files += sorted(p for p in root.rglob("*.obj") if "random_urdfs" not in p.parts)
+    if not files:
+        raise MissingMeshesError(f"{root}: no OBJ meshes found in pybullet_data")
+    return files
+
+
+def generic(rng):
+    """A third-party mesh from pybullet_data with a random pose and random materials."""
+    files = pybullet_mesh_files()
+    for _ in range(50):
+        path = files[int(rng.integers(len(files)))]
+        try:
+            m = trimesh.load(path, force="mesh", process=False)
+        except (ValueError, IndexError, OSError):
+            continue
+        ext = np.asarray(m.extents) if len(m.faces) else np.zeros(3)
+        if 12 <= len(m.faces) <= 40000 and ext.max() > 0 and ext.min() / ext.max() > 0.05:
+            break
+    else:  # the wheel ships hundreds of usable meshes
+        raise MissingMeshesError("no usable mesh found in pybullet_data")
+    m = trimesh.Trimesh(np.asarray(m.vertices, dtype=np.float64), np.asarray(m.faces), process=True)
+    m.apply_transform(trimesh.transformations.rotation_matrix(rng.uniform(0, 2 * np.pi), [0, 0, 1]))
+    obj = _assemble("generic", [(m, 0)], [_random_material(rng, patterned=0.7)], [])
+    obj.source = "/".join(path.parts[-3:]) if "random_urdfs" in path.parts else path.name
+    return obj
+
+
 CATEGORIES = {
     "mug": mug,
     "chair": chair,
@@ -251,6 +297,7 @@ CATEGORIES = {
     "lamp": lamp,
     "vehicle": vehicle,
     "snowman": snowman,
+    "generic": generic,
 }
 
 
