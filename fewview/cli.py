@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import typing
@@ -16,18 +17,13 @@ from .export import ExportError
 from .metrics.lpips_weights import WeightsError
 from .objects.shapes import MissingMeshesError
 
+EXAMPLE_OBJECT = Path(__file__).resolve().parent / "assets" / "example_object"
 
-def _default_demo_scene() -> Path | None:
-    """$FEWVIEW_DEMO_SCENE, else a ``shared/data/lego`` found beside or above the working directory."""
+
+def _default_demo_scene() -> Path:
+    """$FEWVIEW_DEMO_SCENE, else the example object shipped with the package."""
     env = os.environ.get("FEWVIEW_DEMO_SCENE")
-    if env:
-        return Path(env)
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        for cand in (d / "shared" / "data" / "lego", d.parent / "shared" / "data" / "lego"):
-            if (cand / "transforms_train.json").exists():
-                return cand
-    return None
+    return Path(env) if env else EXAMPLE_OBJECT
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
@@ -68,26 +64,22 @@ def _print_record(record: dict, out: Path) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .methods.fit import FitConfig
+    from .methods.fit import SPARSE_PRESET, FitConfig
     from .methods.protocol_run import run_protocol
 
     scene_path = Path(args.scene) if args.scene else _default_demo_scene()
-    if scene_path is None:
-        print("error: no demo scene found; pass --scene PATH or set FEWVIEW_DEMO_SCENE", file=sys.stderr)
-        return 2
+    train_json = scene_path / "transforms_train.json"
+    if not train_json.is_file():
+        raise FileNotFoundError(f"{train_json}: the demo needs a Blender-format scene folder")
+    # A folder with its own 3-view train file (the shipped example) uses its train/test files;
+    # a full Blender scene such as lego uses the lego-3view protocol at 64x64.
+    n_train = len(json.loads(train_json.read_text())["frames"])
+    protocol, downscale = ("blender-split", 1.0) if n_train <= 8 else ("lego-3view", 2.0)
     out = Path(args.out)
-    print(f"fewview demo: reconstructing {scene_path.name} from 3 views (protocol lego-3view) into {out}/")
-    cfg = FitConfig(
-        steps=args.steps,
-        grid_res=48,
-        grid_res_final=96,
-        upsample_step=args.steps // 3,
-        w_rgb_per_sample=0.1,
-        w_entropy=1e-3,
-        w_tv=1e-4,
-        checkpoint_every=max(args.steps // 4, 1),
-    )
-    record = run_protocol(scene_path, "lego-3view", out, cfg, downscale=2.0, progress=not args.quiet)
+    print(f"fewview demo: reconstructing {scene_path.name} from 3 views (protocol {protocol}) into {out}/")
+    cfg = FitConfig(**{**SPARSE_PRESET, "steps": args.steps, "upsample_step": args.steps // 3})
+    cfg.checkpoint_every = max(args.steps // 4, 1)
+    record = run_protocol(scene_path, protocol, out, cfg, downscale=downscale, progress=not args.quiet)
     _print_record(record, out)
     _render_outputs(out, frames=40, quiet=args.quiet)
     try:
@@ -248,6 +240,14 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_example(args: argparse.Namespace) -> int:
+    from .objects.builder import write_example
+
+    out = write_example(args.out, args.index, args.inputs, args.held_out, args.res, args.seed)
+    print(f"wrote {out}: {args.inputs} input views (train), {args.held_out} held-out views (test)")
+    return 0
+
+
 def cmd_data_objects(args: argparse.Namespace) -> int:
     from .objects.builder import ObjectsConfig, build, export_blender
 
@@ -271,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="reconstruct the example object from 3 views: novel views, turntable, mesh, report")
-    d.add_argument("--scene", help="Blender scene folder (default: $FEWVIEW_DEMO_SCENE or shared/data/lego)")
+    d.add_argument(
+        "--scene", help="Blender scene folder (default: $FEWVIEW_DEMO_SCENE, else the shipped example object)"
+    )
     d.add_argument("--out", default="fewview-demo", help="output folder (default: fewview-demo)")
     d.add_argument("--steps", type=int, default=1500, help="optimisation steps (default: 1500)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -342,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     do.add_argument("--export-to", help="folder for --export (default: OUT/object_N_blender)")
     do.add_argument("--quiet", action="store_true")
     do.set_defaults(func=cmd_data_objects)
+
+    de = dsub.add_parser("example", help="write the small example object the demo ships (Blender format)")
+    de.add_argument("--out", default=str(EXAMPLE_OBJECT), help="output folder (default: the packaged example)")
+    de.add_argument("--index", type=int, default=5, help="object index (5 is a toy vehicle with seed 0)")
+    de.add_argument("--inputs", type=int, default=3)
+    de.add_argument("--held-out", type=int, default=9)
+    de.add_argument("--res", type=int, default=64)
+    de.add_argument("--seed", type=int, default=0)
+    de.set_defaults(func=cmd_data_example)
 
     w = sub.add_parser("weights", help="build or import pretrained weight files")
     wsub = w.add_subparsers(dest="which", required=True)

@@ -3,15 +3,14 @@
 from fewview.cli import main
 
 from .helpers import make_cams, write_llff
-from .test_readers import SHARED, needs_shared
 
 
-@needs_shared
-def test_demo_smoke(tmp_path, capsys):
+def test_demo_smoke_on_the_shipped_example(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FEWVIEW_DEMO_SCENE", raising=False)
     out_dir = tmp_path / "demo"
-    assert main(["demo", "--scene", str(SHARED / "lego"), "--out", str(out_dir), "--steps", "30", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out_dir), "--steps", "30", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "lego-3view" in out and "PSNR" in out
+    assert "example_object" in out and "blender-split" in out and "PSNR" in out
     for name in ("metrics.json", "report.html", "turntable.mp4", "turntable.gif", "checkpoint/field.safetensors"):
         assert (out_dir / name).exists(), name
     assert (out_dir / "mesh.ply").exists() or "mesh: skipped" in out
@@ -23,11 +22,25 @@ def test_info_on_fixture(tmp_path, capsys):
     assert "4 views, 24x20" in capsys.readouterr().out
 
 
-def test_demo_without_scene_says_what_to_do(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("FEWVIEW_DEMO_SCENE", raising=False)
-    import fewview.cli as cli
+def test_shipped_example_is_reproduced_by_its_command(tmp_path):
+    import hashlib
 
-    monkeypatch.setattr(cli, "_default_demo_scene", lambda: None)
-    assert main(["demo"]) == 2
-    assert "--scene" in capsys.readouterr().err
+    from fewview.cli import EXAMPLE_OBJECT
+
+    assert main(["data", "example", "--out", str(tmp_path / "ex")]) == 0
+    for name in ("transforms_train.json", "transforms_test.json"):
+        assert (tmp_path / "ex" / name).read_text() == (EXAMPLE_OBJECT / name).read_text()
+    pngs = sorted(p.relative_to(EXAMPLE_OBJECT) for p in EXAMPLE_OBJECT.glob("*/*.png"))
+    assert len(pngs) == 12
+    for p in pngs:
+        assert (
+            hashlib.sha256((tmp_path / "ex" / p).read_bytes()).digest()
+            == hashlib.sha256((EXAMPLE_OBJECT / p).read_bytes()).digest()
+        )
+    total = sum(p.stat().st_size for p in EXAMPLE_OBJECT.rglob("*") if p.is_file())
+    assert total < 1_000_000
+
+
+def test_missing_demo_scene_is_a_one_line_error(tmp_path, capsys):
+    assert main(["demo", "--scene", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "nope" in capsys.readouterr().err

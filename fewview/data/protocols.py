@@ -107,8 +107,14 @@ def objects_views(object_index: int, k: int, n_views: int = 32) -> ViewSplit:
     return ViewSplit(f"objects-{k}view", inputs, tuple(i for i in range(n_views) if i not in inputs))
 
 
+def blender_split(n_train: int, n_test: int) -> ViewSplit:
+    """Every view of a Blender scene's train file is an input, every view of its test file is evaluated."""
+    return ViewSplit("blender-split", tuple(range(n_train)), tuple(range(n_test)), "train", "test")
+
+
 # Named protocols of docs/benchmarks.md (scene-specific ones take the scene's view count).
 PROTOCOLS = {
+    "blender-split": blender_split,
     "lego-dense": lambda n_train=100: ViewSplit("lego-dense", tuple(range(n_train)), tuple(range(25)), "train", "test"),
     "lego-3view": lambda n_train=100: replace(blender_views(n_train, 3), protocol="lego-3view"),
     "lego-8view": lambda n_train=100: replace(blender_views(n_train, 8), protocol="lego-8view"),

@@ -20,10 +20,10 @@ BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 def protocol_scenes(scene_path: str | Path, protocol: str, downscale: float = 1.0) -> tuple[Scene, Scene, ViewSplit]:
     """(scene the inputs index, scene the evaluation views index, split) for a named protocol."""
     fn = get_protocol(protocol)
-    if protocol.startswith("lego-"):
+    if protocol.startswith("lego-") or protocol == "blender-split":
         train = load_blender(scene_path, "train", downscale=downscale)
         test = load_blender(scene_path, "test", downscale=downscale)
-        return train, test, fn(len(train))
+        return train, test, fn(len(train), len(test)) if protocol == "blender-split" else fn(len(train))
     if protocol.startswith("objects-"):
         raise ValueError(f"{protocol} runs over a fewview-objects dataset; give it an object folder index instead")
     scene = load_scene(scene_path, downscale=downscale)

@@ -278,3 +278,36 @@ def contact_sheet(root: str | Path, n_objects: int = 8, n_views: int = 8) -> Pat
     path = root / "contact_sheet.png"
     Image.fromarray(sheet).save(path)
     return path
+
+
+def write_example(
+    out: str | Path, index: int = 5, n_inputs: int = 3, n_held_out: int = 9, res: int = 64, seed: int = 0
+) -> Path:
+    """A small Blender-format example object for the demo: ``n_inputs`` input views chosen by the
+    ``objects-<k>view`` rule (``transforms_train.json``) and ``n_held_out`` evenly spaced held-out views
+    (``transforms_test.json``), as RGBA PNGs."""
+    from PIL import Image
+
+    from ..cameras.convert import to_opengl
+    from ..data.protocols import objects_views
+
+    cfg = ObjectsConfig(objects=index + 1, views=32, res=res, seed=seed)
+    obj, cams = generate(cfg, index)
+    rgba, _ = render_object(obj, cams, cfg.supersample)
+    split = objects_views(index, n_inputs, cfg.views)
+    rest = list(split.evaluation)
+    held = [rest[int(round(j))] for j in np.linspace(0, len(rest) - 1, n_held_out)]
+    out = Path(out)
+    gl = to_opengl(cams)
+    for name, ids in (("train", list(split.inputs)), ("test", held)):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        frames = []
+        for k in ids:
+            Image.fromarray(rgba[k], "RGBA").save(out / name / f"view_{k:02d}.png", optimize=True)
+            frames.append({"file_path": f"./{name}/view_{k:02d}", "transform_matrix": gl[k].tolist()})
+        meta = {"camera_angle_x": float(cams.fov_x[0]), "frames": frames}
+        (out / f"transforms_{name}.json").write_text(json.dumps(meta, indent=1))
+    card = {"category": obj.category, "index": index, "seed": seed, "res": res, "inputs": list(split.inputs),
+            "held_out": held, "command": " ".join(sys.argv)}  # fmt: skip
+    (out / "example.json").write_text(json.dumps(card, indent=1))
+    return out
