@@ -161,3 +161,12 @@ def test_cli_fit_render_export_eval(tmp_path, capsys):
     assert "the field is empty" in capsys.readouterr().err
     assert main(["fit", str(tmp_path / "scene"), "--out", str(run), "--views", "0,9"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_device_option_and_cpu_generator_driving_device_tensors(tmp_path):
+    scene = tiny_scene(tmp_path)
+    f = Fitter(scene, [0, 1], FitConfig(**{**TINY, "device": "auto"}), None)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f.device.type == expected and f.state.field.aabb.device.type == expected
+    f.run(progress=False)
+    assert f.state.render(scene.cameras[2])["rgb"].device.type == "cpu"

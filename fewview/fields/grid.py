@@ -71,7 +71,8 @@ class DenseGridField(Field):
     def total_variation(self, n: int = 4096, generator=None) -> Tensor:
         """Mean squared difference between random vertices' density and their +x/+y/+z neighbours."""
         r = self.res
-        idx = torch.randint(0, r - 1, (n, 3), generator=generator, device=self.density_grid.device)
+        gdev = generator.device if generator is not None else self.density_grid.device
+        idx = torch.randint(0, r - 1, (n, 3), generator=generator, device=gdev).to(self.density_grid.device)
         flat = (idx[:, 0] * r + idx[:, 1]) * r + idx[:, 2]
         d = self.density_grid[:, 0]
         c = d[flat]

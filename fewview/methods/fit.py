@@ -58,6 +58,7 @@ class FitConfig:
     )
     perceptual_patch: int = option(default=32, metadata={"help": "side of that patch in pixels (LPIPS needs >= 32)"})
     perceptual_weights: str = option(default="", metadata={"help": "LPIPS weights path (default: env/cache)"})
+    device: str = option(default="cpu", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)"})
     checkpoint_every: int = option(default=500, metadata={"help": "write a checkpoint every N steps"})
     seed: int = option(default=0, metadata={"help": "random seed"})
 
@@ -154,7 +155,7 @@ class FitState:
 
     def render(self, cam: Cameras, chunk: int = 16384) -> dict[str, Tensor]:
         self.field.eval()
-        return render_image(lambda o, d: self.render_rays(o, d), cam, chunk)
+        return render_image(lambda o, d: self.render_rays(o, d), cam, chunk, device=self.field.aabb.device)
 
 
 class Fitter:
@@ -188,7 +189,14 @@ class Fitter:
             self.hull = occ.occupied.clone()
         extent = float((aabb[1] - aabb[0]).max())
         step = cfg.step_voxels * extent / (cfg.grid_res_final if cfg.representation == "grid" else cfg.occupancy_res)
-        self.state = FitState(make_field(cfg, aabb, step), occ, step, bg)
+        dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                           ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
+        self.device = dev
+        self.origins, self.dirs, self.rgb = self.origins.to(dev), self.dirs.to(dev), self.rgb.to(dev)
+        self.mask = None if self.mask is None else self.mask.to(dev)
+        self.hull = None if self.hull is None else self.hull.to(dev)
+        occ.to(dev)
+        self.state = FitState(make_field(cfg, aabb, step).to(dev), occ, step, bg.to(dev))
         self.opt = make_optimizer(self.state.field, cfg)
         self.step = 0
         self.history: list[dict] = []
@@ -221,12 +229,13 @@ class Fitter:
         if ck is None or not (ck / "meta.json").exists():
             return False
         meta = json.loads((ck / "meta.json").read_text())
-        f = build_field(meta["field"])
+        f = build_field(meta["field"]).to(self.device)
         self.state.field = f
         self.opt = make_optimizer(f, self.cfg)
         groups, meta = load_checkpoint(ck, self.opt)
         f.load_state_dict(groups["field"])
         self.state.occupancy.load_state_dict(groups["occupancy"])
+        self.state.occupancy.to(self.device)
         self.gen.set_state(groups["sampler"]["generator"])
         self.state.step_size = meta["step_size"]
         self.step = meta["step"]
@@ -388,7 +397,7 @@ def load_fit(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[F
     f.load_state_dict(groups["field"])
     occ = OccupancyGrid(groups["occupancy"]["aabb"], 1)
     occ.load_state_dict(groups["occupancy"])
-    occ.aabb, occ.occupied, occ.density_ema = occ.aabb.to(device), occ.occupied.to(device), occ.density_ema.to(device)
+    occ.to(device)
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
     state = FitState(f.to(device).eval(), occ, meta["step_size"], torch.tensor(meta["background"], device=device))
     return state, config

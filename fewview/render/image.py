@@ -13,17 +13,17 @@ from .volume import RenderOutput
 
 @torch.no_grad()
 def render_image(
-    render_rays: Callable[[Tensor, Tensor], RenderOutput], cam: Cameras, chunk: int = 16384
+    render_rays: Callable[[Tensor, Tensor], RenderOutput], cam: Cameras, chunk: int = 16384, device=None
 ) -> dict[str, Tensor]:
     """Render one camera's full image with ``render_rays(origins, directions)`` in chunks of rays.
 
-    Rays are built on the camera's device. Returns ``rgb`` (3, H, W); ``depth`` (1, H, W), the z-depth
+    Rays are sent to ``device`` (default: the camera's). Returns ``rgb`` (3, H, W); ``depth`` (1, H, W), the z-depth
     of the expected ray termination divided by opacity (0 where nothing was hit); ``opacity`` (1, H, W).
     """
     rays = camera_rays(cam[:1], dtype=torch.float32)
     h, w = rays.origins.shape[1:3]
     o, d, zt = rays.origins.reshape(-1, 3), rays.directions.reshape(-1, 3), rays.z_per_t.reshape(-1)
-    dev = cam.c2w.device
+    dev = cam.c2w.device if device is None else device
     rgb, depth, acc = [], [], []
     for i in range(0, len(o), chunk):
         out = render_rays(o[i : i + chunk].to(dev), d[i : i + chunk].to(dev))

@@ -12,6 +12,12 @@ from ..cameras import Cameras
 from .volume import RenderOutput, composite_packed, ray_aabb, transmittance_packed
 
 
+def _rand(shape, generator, device, dtype=torch.float32) -> Tensor:
+    """Uniform samples drawn on the generator's device (a CPU generator can drive a CUDA fit)."""
+    gdev = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gdev, dtype=dtype).to(device)
+
+
 class OccupancyGrid:
     """A res^3 boolean grid over ``aabb``: cells that may contain density.
 
@@ -41,8 +47,17 @@ class OccupancyGrid:
     def cell_centers(self, jitter: bool = False, generator=None) -> Tensor:
         r = torch.arange(self.res, device=self.aabb.device, dtype=torch.float32)
         g = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
-        off = torch.rand(g.shape, generator=generator, device=g.device) if jitter else 0.5
+        off = _rand(g.shape, generator, g.device) if jitter else 0.5
         return self.aabb[0] + (g + off) / self.res * (self.aabb[1] - self.aabb[0])
+
+    def to(self, device) -> OccupancyGrid:
+        """Move the grid's tensors to ``device`` (in place; returns self)."""
+        self.aabb, self.occupied, self.density_ema = (
+            self.aabb.to(device),
+            self.occupied.to(device),
+            self.density_ema.to(device),
+        )
+        return self
 
     @property
     def fraction(self) -> float:
@@ -121,11 +136,7 @@ def march_rays(
     n = origins.shape[0]
     dev, dt = origins.device, origins.dtype
     t_near, t_far, hit = ray_aabb(origins, directions, aabb)
-    jitter = (
-        torch.rand(n, device=dev, dtype=dt, generator=generator)
-        if perturb
-        else torch.full((n,), 0.5, device=dev, dtype=dt)
-    )
+    jitter = _rand((n,), generator, dev, dt) if perturb else torch.full((n,), 0.5, device=dev, dtype=dt)
     counts = torch.where(
         hit, ((t_far - t_near) / step - jitter).floor().long() + 1, torch.zeros_like(t_near, dtype=torch.long)
     )
