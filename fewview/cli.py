@@ -77,8 +77,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     protocol, downscale = ("blender-split", 1.0) if n_train <= 8 else ("lego-3view", 2.0)
     out = Path(args.out)
     print(f"fewview demo: reconstructing {scene_path.name} from 3 views (protocol {protocol}) into {out}/")
-    cfg = FitConfig(**{**SPARSE_PRESET, "steps": args.steps, "upsample_step": args.steps // 3})
-    cfg.checkpoint_every = max(args.steps // 4, 1)
+    cfg = FitConfig(
+        **{
+            **SPARSE_PRESET,
+            "steps": args.steps,
+            "upsample_step": args.steps // 3,
+            "checkpoint_every": max(args.steps // 4, 1),
+        }
+    )
     record = run_protocol(scene_path, protocol, out, cfg, downscale=downscale, progress=not args.quiet)
     _print_record(record, out)
     _render_outputs(out, frames=40, quiet=args.quiet)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from ..checkpoint import environment_info
 from ..data import Scene, ViewSplit, get_protocol, load_blender, load_scene
-from ..evaluation import evaluate_views, nan_to_none, write_report
-from .fit import FitConfig, Fitter, cameras_from_json
+from ..evaluation import evaluate_views, nan_to_none, to_uint8, write_report
+from .fit import FitConfig, Fitter, cameras_from_json, training_images
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
@@ -60,8 +62,6 @@ def run_protocol(
     t0 = time.perf_counter()
     inputs_scene, eval_scene, split = protocol_scenes(scene_path, protocol, downscale)
     if refit and (out / "checkpoint").exists():
-        import shutil
-
         shutil.rmtree(out / "checkpoint")
     fitter = Fitter(inputs_scene, list(split.inputs), cfg, out)
     state = fitter.run(progress=progress)
@@ -73,11 +73,6 @@ def run_protocol(
         state.render, eval_cams, gt, fitter.train.cameras, masks, out, names, lpips, progress, lpips_weights
     )
     # Input thumbnails for the report.
-    from PIL import Image
-
-    from ..evaluation import to_uint8
-    from .fit import training_images
-
     (out / "renders").mkdir(parents=True, exist_ok=True)
     inputs_img = training_images(fitter.train, torch.tensor(cfg.background))
     input_files = []
