@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fewview.evaluation import evaluate_views
 from fewview.methods.fit import FitConfig, Fitter
+from fewview.metrics import format_metrics
 from fewview.objects.builder import ObjectsConfig, build, load_object
 
 
@@ -25,6 +26,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench-out/objects")
     ap.add_argument("--objects", type=int, default=32, help="objects per timing run (4 per category)")
+    ap.add_argument("--lpips-weights", default="../shared/weights", help="LPIPS-alex weights file or folder")
     args = ap.parse_args()
     out = Path(args.out)
     record = {"command": " ".join([sys.executable, *sys.argv])}
@@ -47,10 +49,11 @@ def main() -> int:
     )
     fit.run(progress=False)
     ev = scene.select(held_out)
-    res = evaluate_views(fit.state.render, ev.cameras, ev.composite(1.0), fit.train.cameras, lpips=False)
+    weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
+    res = evaluate_views(fit.state.render, ev.cameras, ev.composite(1.0), fit.train.cameras, lpips_weights=weights)
     record["fit_28_views_object0"] = {"category": scene.meta["category"], **res["means"]}
     print(f"per-scene field on 28 views of object 0 ({scene.meta['category']}), 4 held-out views: "
-          f"PSNR {res['means']['psnr']:.2f} SSIM {res['means']['ssim']:.3f}")  # fmt: skip
+          f"{format_metrics(res['means'])}")  # fmt: skip
     (out / "objects_build.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out / 'objects_build.json'}; reproduce: python benchmarks/objects_build.py --out {args.out}")
     return 0
