@@ -39,14 +39,10 @@ def test_two_step_smoke_fit_every_representation(tmp_path):
         assert (tmp_path / rep / "checkpoint" / "field.safetensors").exists()
 
 
-def test_perceptual_loss_hook(tmp_path):
-    from .test_lpips import ALEX
-
-    if not ALEX.exists():
-        pytest.skip("shared/weights (LPIPS-alex) not beside this checkout")
+def test_perceptual_loss_hook(tmp_path, alex_weights):
     write_blender(tmp_path, make_cams(n=3, h=40, w=40, f=50.0), "train")
     scene = load_blender(tmp_path, "train")
-    cfg = FitConfig(**{**TINY, "w_perceptual": 0.5, "perceptual_weights": str(ALEX)})
+    cfg = FitConfig(**{**TINY, "w_perceptual": 0.5, "perceptual_weights": str(alex_weights)})
     f = Fitter(scene, [0, 1], cfg, tmp_path / "run")
     f.run(progress=False)
     assert all("perceptual" in h for h in f.history) and f.history[-1]["perceptual"] > 0

