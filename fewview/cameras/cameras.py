@@ -80,15 +80,6 @@ class Cameras:
             torch.cat([c.c2w for c in cams]), torch.cat([c.K for c in cams]), torch.cat([c.size for c in cams])
         )
 
-    @staticmethod
-    def from_fov(c2w: Tensor, fov_x: float, height: int, width: int, fov_y: float | None = None) -> Cameras:
-        """Cameras with a centred principal point from horizontal (and optional vertical) FOV in radians."""
-        c2w = _as_batch(torch.as_tensor(c2w, dtype=torch.float32), 2)
-        fx = 0.5 * width / torch.tan(torch.tensor(0.5 * fov_x, dtype=torch.float64))
-        fy = fx if fov_y is None else 0.5 * height / torch.tan(torch.tensor(0.5 * fov_y, dtype=torch.float64))
-        K = intrinsics_matrix(fx, fy, width / 2, height / 2).to(c2w.dtype)
-        return Cameras(c2w, K.expand(c2w.shape[0], 3, 3).clone(), torch.tensor([height, width]))
-
     @property
     def R(self) -> Tensor:
         """(B, 3, 3) camera-to-world rotation (columns are the camera's x, y, z axes in world)."""

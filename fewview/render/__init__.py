@@ -14,8 +14,10 @@ from .volume import (
     sample_pdf,
     sample_stratified,
     segment_starts,
+    segmented_exclusive_cumsum,
     transmittance_packed,
     weights_from_alpha,
+    weights_packed,
 )
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "sample_pdf",
     "sample_stratified",
     "segment_starts",
+    "segmented_exclusive_cumsum",
     "transmittance_packed",
     "weights_from_alpha",
+    "weights_packed",
 ]

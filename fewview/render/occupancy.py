@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import Cameras
-from .volume import RenderOutput, composite_packed, ray_aabb, transmittance_packed
+from .volume import RenderOutput, composite_packed, ray_aabb, weights_packed
 
 
 def _rand(shape, generator, device, dtype=torch.float32) -> Tensor:
@@ -152,9 +152,7 @@ def march_rays(
     sigma, aux = field.density(pts)
     sigma = sigma.to(dt)
     with torch.no_grad():
-        tau = sigma * deltas
-        w = transmittance_packed(tau, ray_idx, n) * (1 - torch.exp(-tau))
-        need = w > weight_threshold
+        need = weights_packed(sigma, deltas, ray_idx, n) > weight_threshold
     rgb = torch.zeros(len(t), 3, device=dev, dtype=dt)
     if bool(need.any()):
         col = field.color(aux[need], directions[ray_idx[need]])

@@ -82,17 +82,25 @@ def segment_starts(ray_indices: Tensor, n_rays: int) -> Tensor:
     return first[ray_indices]
 
 
-def transmittance_packed(tau: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
-    """T_k = exp(-sum of tau over the earlier samples of the same ray), for packed optical depths ``tau``.
+def segmented_exclusive_cumsum(v: Tensor, ray_indices: Tensor, n_rays: int, start: Tensor | None = None) -> Tensor:
+    """For packed values, the sum of ``v`` over the earlier samples of the same ray: a global cumulative sum
+    in float64 minus its value at each ray's first sample (``start`` from :func:`segment_starts`)."""
+    if v.numel() == 0:
+        return v
+    excl = torch.cumsum(v.double(), 0) - v.double()
+    start = segment_starts(ray_indices, n_rays) if start is None else start
+    return (excl - excl[start]).to(v.dtype)
 
-    The segmented exclusive sum is a global cumulative sum in float64 minus its value at each ray's start.
-    """
-    if tau.numel() == 0:
-        return tau
-    cs = torch.cumsum(tau.double(), 0)
-    excl = cs - tau.double()
-    start = segment_starts(ray_indices, n_rays)
-    return torch.exp(-(excl - excl[start])).to(tau.dtype)
+
+def transmittance_packed(tau: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
+    """T_k = exp(-sum of tau over the earlier samples of the same ray), for packed optical depths ``tau``."""
+    return torch.exp(-segmented_exclusive_cumsum(tau, ray_indices, n_rays))
+
+
+def weights_packed(sigma: Tensor, deltas: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
+    """Compositing weights T_k * (1 - exp(-sigma_k delta_k)) of packed samples."""
+    tau = sigma * deltas
+    return transmittance_packed(tau, ray_indices, n_rays) * (1 - torch.exp(-tau))
 
 
 def accumulate(values: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
@@ -111,8 +119,7 @@ def composite_packed(
     background: Tensor | float | None = None,
 ) -> RenderOutput:
     """Composite packed samples (sorted by ray, front to back within a ray)."""
-    tau = sigma * deltas
-    w = transmittance_packed(tau, ray_indices, n_rays) * (1 - torch.exp(-tau))
+    w = weights_packed(sigma, deltas, ray_indices, n_rays)
     acc = accumulate(w, ray_indices, n_rays)
     color = accumulate(w[:, None] * rgb, ray_indices, n_rays)
     if background is not None:
@@ -148,13 +155,9 @@ def distortion_loss(out: RenderOutput) -> Tensor:
     if w.numel() == 0:
         return torch.zeros(n, dtype=out.rgb.dtype, device=out.rgb.device)
     start = segment_starts(ri, n)
-
-    def excl_segment_cumsum(v: Tensor) -> Tensor:
-        cs = torch.cumsum(v.double(), 0)
-        excl = cs - v.double()
-        return (excl - excl[start]).to(v.dtype)
-
-    inter = 2 * w * (t * excl_segment_cumsum(w) - excl_segment_cumsum(w * t))
+    w_before = segmented_exclusive_cumsum(w, ri, n, start)
+    wt_before = segmented_exclusive_cumsum(w * t, ri, n, start)
+    inter = 2 * w * (t * w_before - wt_before)
     intra = w.pow(2) * out.deltas / 3
     return accumulate(inter + intra, ri, n)
 
