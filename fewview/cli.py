@@ -14,6 +14,7 @@ from . import __version__
 from .cameras import CameraError
 from .data import DataError
 from .export import ExportError
+from .methods.fit import load_fit
 from .metrics.lpips_weights import WeightsError
 from .objects.shapes import MissingMeshesError
 
@@ -87,9 +88,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     record = run_protocol(scene_path, protocol, out, cfg, downscale=downscale, progress=not args.quiet)
     _print_record(record, out)
-    _render_outputs(out, frames=40, quiet=args.quiet)
+    fit = load_fit(out)
+    _render_outputs(out, fit, frames=40, quiet=args.quiet)
     try:
-        _export_outputs(out, out / "mesh.ply", out / "points.ply", resolution=128)
+        _export_outputs(fit, out / "mesh.ply", out / "points.ply", resolution=128)
     except ExportError as e:
         print(f"mesh: skipped ({e})")
     print(f"open {out / 'report.html'} for the novel views")
@@ -147,15 +149,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _render_outputs(run: Path, frames: int, quiet: bool, size: tuple[int, int] | None = None) -> None:
+def _render_outputs(run: Path, fit, frames: int, quiet: bool, size: tuple[int, int] | None = None) -> None:
+    """Turntable videos of a loaded fit (``load_fit``'s (state, config)) written into ``run``."""
     from tqdm import tqdm
 
     from .evaluation import colorize_depth, to_uint8
     from .export import turntable_cameras, write_video
-    from .methods.fit import load_fit
     from .methods.protocol_run import input_cameras
 
-    state, config = load_fit(run)
+    state, config = fit
     cams = turntable_cameras(input_cameras(config), frames, *(size or (None, None)))
     rgb, depth, opacity = [], [], []
     for i in tqdm(range(len(cams)), desc="turntable", disable=quiet):
@@ -169,14 +171,11 @@ def _render_outputs(run: Path, frames: int, quiet: bool, size: tuple[int, int] |
     print(f"wrote {run}/turntable.mp4, turntable.gif, turntable_depth.gif, turntable_opacity.gif")
 
 
-def _export_outputs(
-    run: Path, mesh: Path | None, points: Path | None, resolution: int, level: float | None = None
-) -> None:
+def _export_outputs(fit, mesh: Path | None, points: Path | None, resolution: int, level: float | None = None) -> None:
     from .export import extract_mesh, point_cloud, save_mesh, save_point_cloud
-    from .methods.fit import load_fit
     from .methods.protocol_run import input_cameras
 
-    state, config = load_fit(run)
+    state, config = fit
     if mesh is not None:
         m = extract_mesh(state.field, resolution, level, state.step_size)
         save_mesh(m, mesh)
@@ -187,15 +186,13 @@ def _export_outputs(
         print(f"wrote {points} ({len(pts)} points)")
 
 
-def _render_scene_views(run: Path, scene_path: str, split: str, views: str | None, downscale: float) -> None:
+def _render_scene_views(run: Path, state, scene_path: str, split: str, views: str | None, downscale: float) -> None:
     """PNG renders (rgb, depth, opacity) of a dataset's cameras, e.g. its test views."""
     from PIL import Image
 
     from .data import load_scene
     from .evaluation import colorize_depth, to_uint8
-    from .methods.fit import load_fit
 
-    state, _ = load_fit(run)
     scene = load_scene(scene_path, split=split, downscale=downscale)
     idx = [int(v) for v in views.split(",")] if views else list(range(len(scene)))
     out = run / f"views_{split}"
@@ -211,18 +208,19 @@ def _render_scene_views(run: Path, scene_path: str, split: str, views: str | Non
 
 def cmd_render(args: argparse.Namespace) -> int:
     run = Path(args.run)
+    fit = load_fit(run)
     if args.scene:
-        _render_scene_views(run, args.scene, args.split, args.views, args.downscale)
+        _render_scene_views(run, fit[0], args.scene, args.split, args.views, args.downscale)
     if args.frames > 0:
         size = tuple(int(v) for v in args.size.split("x"))[::-1] if args.size else None
-        _render_outputs(run, args.frames, args.quiet, size)
+        _render_outputs(run, fit, args.frames, args.quiet, size)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     run = Path(args.run)
     mesh = Path(args.mesh) if args.mesh else (run / "mesh.ply" if not args.points else None)
-    _export_outputs(run, mesh, Path(args.points) if args.points else None, args.resolution, args.level)
+    _export_outputs(load_fit(run), mesh, Path(args.points) if args.points else None, args.resolution, args.level)
     return 0
 
 
