@@ -23,14 +23,14 @@ from fewview.checkpoint import environment_info
 from fewview.data import get_protocol, load_blender
 from fewview.evaluation import evaluate_views, nan_to_none
 from fewview.fields import DenseGridField, HashGridField, MLPField
-from fewview.methods.fit import FitConfig, Fitter
+from fewview.methods.fit import FitConfig, make_fitter
 from fewview.methods.protocol_run import peak_memory_mb
 from fewview.metrics import format_metrics, psnr
 
 
 def timed_fit(train, inputs, cfg, test, probe_views, targets, budget_s, every_s, label):
     """Train until ``cfg.steps`` or ``budget_s`` seconds of optimisation; probe PSNR every ``every_s``."""
-    f = Fitter(train, inputs, cfg, None)
+    f = make_fitter(train, inputs, cfg, None)
     gt = test.composite(1.0)
     curve, reached, train_s, next_probe = [], {}, 0.0, every_s
     while f.step < cfg.steps and train_s < budget_s:

@@ -100,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from .data import load_scene
-    from .methods.fit import FitConfig, Fitter
+    from .methods.fit import FitConfig, make_fitter
     from .methods.protocol_run import run_protocol
 
     cfg = dataclass_from_args(FitConfig, args)
@@ -126,7 +126,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if bad:
         print(f"error: --views {bad} out of range: the scene has {len(scene)} views", file=sys.stderr)
         return 2
-    Fitter(scene, views, cfg, out).run(progress=not args.quiet)
+    make_fitter(scene, views, cfg, out).run(progress=not args.quiet)
     print(f"wrote {out}/checkpoint and {out}/config.json")
     return 0
 
@@ -171,12 +171,25 @@ def _render_outputs(run: Path, fit, frames: int, quiet: bool, size: tuple[int, i
     print(f"wrote {run}/turntable.mp4, turntable.gif, turntable_depth.gif, turntable_opacity.gif")
 
 
-def _export_outputs(fit, mesh: Path | None, points: Path | None, resolution: int, level: float | None = None) -> None:
+def _export_outputs(
+    fit, mesh: Path | None, points: Path | None, resolution: int, level: float | None = None,
+    gaussians: Path | None = None,
+) -> None:  # fmt: skip
     from .export import extract_mesh, point_cloud, save_mesh, save_point_cloud
     from .methods.protocol_run import input_cameras
 
     state, config = fit
+    is_gs = hasattr(state, "model")
+    if gaussians is not None:
+        if not is_gs:
+            raise ExportError("--gaussians needs a Gaussian fit (--representation gaussians); this run is a field")
+        from .gaussians import save_ply
+
+        save_ply(state.model, gaussians)
+        print(f"wrote {gaussians} ({len(state.model)} Gaussians, 3DGS PLY)")
     if mesh is not None:
+        if is_gs:
+            raise ExportError("mesh extraction needs a field fit; a Gaussian run exports --gaussians or --points")
         m = extract_mesh(state.field, resolution, level, state.step_size)
         save_mesh(m, mesh)
         print(f"wrote {mesh} ({len(m.vertices)} vertices, {len(m.faces)} faces)")
@@ -219,8 +232,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     run = Path(args.run)
-    mesh = Path(args.mesh) if args.mesh else (run / "mesh.ply" if not args.points else None)
-    _export_outputs(load_fit(run), mesh, Path(args.points) if args.points else None, args.resolution, args.level)
+    fit = load_fit(run)
+    gs = Path(args.gaussians) if args.gaussians else None
+    if hasattr(fit[0], "model") and not (args.mesh or args.points or gs):
+        gs = run / "point_cloud.ply"  # a Gaussian run's default export is its 3DGS PLY
+    default_mesh = None if (args.points or gs) else run / "mesh.ply"
+    mesh = Path(args.mesh) if args.mesh else default_mesh
+    _export_outputs(fit, mesh, Path(args.points) if args.points else None, args.resolution, args.level, gs)
     return 0
 
 
@@ -319,10 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_render)
 
-    x = sub.add_parser("export", help="export a fitted run: mesh (PLY/OBJ/GLB) and/or point cloud (PLY)")
+    x = sub.add_parser(
+        "export", help="export a fitted run: mesh (PLY/OBJ/GLB), point cloud (PLY), Gaussians (3DGS PLY)"
+    )
     x.add_argument("run")
-    x.add_argument("--mesh", help="mesh path (.ply, .obj, .glb); default RUN/mesh.ply")
+    x.add_argument("--mesh", help="mesh path (.ply, .obj, .glb); default RUN/mesh.ply for field runs")
     x.add_argument("--points", help="point cloud path (.ply)")
+    x.add_argument("--gaussians", help="3DGS PLY path for Gaussian runs (default RUN/point_cloud.ply)")
     x.add_argument("--resolution", type=int, default=192, help="marching-cubes lattice size")
     x.add_argument("--level", type=float, help="density iso-level (default: opacity 0.5 per march step)")
     x.set_defaults(func=cmd_export)

@@ -31,7 +31,7 @@ from ..render import OccupancyGrid, RenderOutput, distortion_loss, march_rays, o
 class FitConfig:
     """Hyperparameters of a per-scene fit (every field becomes a ``fewview fit`` option)."""
 
-    representation: str = option(default="grid", metadata={"help": "grid | hashgrid | mlp"})
+    representation: str = option(default="grid", metadata={"help": "grid | hashgrid | mlp | gaussians"})
     steps: int = option(default=3000, metadata={"help": "optimisation steps"})
     batch_rays: int = option(default=4096, metadata={"help": "rays per step"})
     lr_grid: float = option(default=0.1, metadata={"help": "learning rate of grid/table parameters"})
@@ -61,6 +61,29 @@ class FitConfig:
     device: str = option(default="cpu", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)"})
     checkpoint_every: int = option(default=500, metadata={"help": "write a checkpoint every N steps"})
     seed: int = option(default=0, metadata={"help": "random seed"})
+    # 3D Gaussians (representation=gaussians); defaults from 3DGS, schedule shortened for CPU budgets.
+    gs_init: str = option(
+        default="auto", metadata={"help": "auto | hull | random | a 3DGS .ply | a field run folder (its depth points)"}
+    )
+    gs_num_init: int = option(default=20000, metadata={"help": "initial Gaussians (hull/random/field init)"})
+    gs_sh_degree: int = option(default=3, metadata={"help": "maximum SH degree (0-3)"})
+    gs_sh_every: int = option(default=500, metadata={"help": "raise the SH degree every N steps"})
+    gs_lr_means: float = option(default=1.6e-4, metadata={"help": "centre learning rate x scene extent (start)"})
+    gs_lr_means_final: float = option(default=1.6e-6, metadata={"help": "centre learning rate at the last step"})
+    gs_lr_scales: float = option(default=5e-3, metadata={"help": "log-scale learning rate"})
+    gs_lr_quats: float = option(default=1e-3, metadata={"help": "quaternion learning rate"})
+    gs_lr_opacity: float = option(default=5e-2, metadata={"help": "opacity-logit learning rate"})
+    gs_lr_sh: float = option(default=2.5e-3, metadata={"help": "SH DC learning rate (higher bands: / 20)"})
+    gs_ssim_weight: float = option(default=0.2, metadata={"help": "weight of 1 - SSIM against L1"})
+    gs_refine_start: int = option(default=500, metadata={"help": "first densification step"})
+    gs_refine_stop: int = option(default=0, metadata={"help": "no densification from this step on (0: steps / 2)"})
+    gs_refine_every: int = option(default=100, metadata={"help": "densify every N steps"})
+    gs_reset_every: int = option(
+        default=3000, metadata={"help": "reset opacities every N steps while densifying (0: never)"}
+    )
+    gs_grad_threshold: float = option(default=2e-4, metadata={"help": "densify above this mean NDC gradient"})
+    gs_max_gaussians: int = option(default=1_000_000, metadata={"help": "densification stops adding here"})
+    gs_backend: str = option(default="auto", metadata={"help": "rasterizer: auto | numba | torch | gsplat"})
 
 
 # Measured on lego-3view at 64x64 (400 steps, test PSNR): plain 13.06, + silhouette 12.76,
@@ -387,11 +410,29 @@ def cameras_from_json(d: dict) -> Cameras:
     return Cameras(torch.tensor(d["c2w"]), torch.tensor(d["K"]), torch.tensor(d["size"]))
 
 
-def load_fit(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[FitState, dict]:
-    """Rebuild a fitted field (with its occupancy grid) from a run folder; returns (state, config.json)."""
+def make_fitter(scene: Scene, inputs: list[int], cfg: FitConfig, run_dir: str | Path | None = None):
+    """The fitter for ``cfg.representation``: :class:`Fitter` for fields, ``GaussianFitter`` for Gaussians."""
+    if cfg.representation == "gaussians":
+        from .gaussian_fit import GaussianFitter
+
+        return GaussianFitter(scene, inputs, cfg, run_dir)
+    return Fitter(scene, inputs, cfg, run_dir)
+
+
+def load_fit(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a fit from a run folder; returns (state, config.json). The state is a :class:`FitState`
+    (field with its occupancy grid) or a ``GaussianState``; both render a camera with ``state.render``."""
     from ..checkpoint import read_checkpoint
 
     run_dir = Path(run_dir)
+    ck = run_dir / "checkpoint"
+    if not (ck / "meta.json").is_file():
+        raise FileNotFoundError(f"{ck}: no checkpoint here (meta.json missing)")
+    meta = json.loads((ck / "meta.json").read_text())
+    if meta.get("kind") == "gaussians":
+        from .gaussian_fit import load_gaussian_fit
+
+        return load_gaussian_fit(run_dir, device)
     groups, meta = read_checkpoint(run_dir / "checkpoint")
     f = build_field(meta["field"])
     f.load_state_dict(groups["field"])

@@ -14,7 +14,7 @@ from PIL import Image
 from ..checkpoint import environment_info
 from ..data import Scene, ViewSplit, get_protocol, load_blender, load_scene
 from ..evaluation import evaluate_views, nan_to_none, to_uint8, write_report
-from .fit import FitConfig, Fitter, cameras_from_json, training_images
+from .fit import FitConfig, cameras_from_json, make_fitter, training_images
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
@@ -63,7 +63,7 @@ def run_protocol(
     inputs_scene, eval_scene, split = protocol_scenes(scene_path, protocol, downscale)
     if refit and (out / "checkpoint").exists():
         shutil.rmtree(out / "checkpoint")
-    fitter = Fitter(inputs_scene, list(split.inputs), cfg, out)
+    fitter = make_fitter(inputs_scene, list(split.inputs), cfg, out)
     state = fitter.run(progress=progress)
     fit_seconds = time.perf_counter() - t0
     gt, masks = evaluation_targets(eval_scene, split.evaluation, cfg.background)
