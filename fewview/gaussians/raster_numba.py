@@ -35,10 +35,13 @@ def _bbox(mx, my, ex, ey, x0, x1, y0, y1):
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _forward(
-    means2d, conics, feats, opac, ext, bg, offsets, gauss, tiles_x, tile, H, W, out_f, out_a, t_final, n_done
+    means2d, conics, feats, opac, ext, bg, offsets, gauss, tiles_x, tile, H, W, k_, xs, ys, out_f, out_a, t_final,
+    n_done,
 ):  # fmt: skip
     n_tiles = len(offsets) - 1
     C = feats.shape[1]
+    # Typed constants and pixel centres keep the arithmetic in the arrays' precision (float32 in fits).
+    half, amax, amin, tmin, one, zero = k_[0], k_[1], k_[2], k_[3], k_[4], k_[5]
     for t in prange(n_tiles):
         s, e = offsets[t], offsets[t + 1]
         x0, y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
@@ -58,20 +61,20 @@ def _forward(
             a, b, cc, o = conics[g, 0], conics[g, 1], conics[g, 2], opac[g]
             bx0, bx1, by0, by1 = _bbox(mx, my, ext[g, 0], ext[g, 1], x0, x1, y0, y1)
             for py in range(by0, by1):
-                dy = py + 0.5 - my
+                dy = ys[py] - my
                 for px in range(bx0, bx1):
                     i = (py - y0) * tw + px - x0
                     if done[i]:
                         continue
-                    dx = px + 0.5 - mx
-                    power = -0.5 * (a * dx * dx + cc * dy * dy) - b * dx * dy
-                    if power > 0.0:
+                    dx = xs[px] - mx
+                    power = -half * (a * dx * dx + cc * dy * dy) - b * dx * dy
+                    if power > zero:
                         continue
-                    alpha = min(ALPHA_MAX, o * math.exp(power))
-                    if alpha < ALPHA_MIN:
+                    alpha = min(amax, o * np.exp(power))
+                    if alpha < amin:
                         continue
-                    test_t = T[i] * (1.0 - alpha)
-                    if test_t < T_MIN:
+                    test_t = T[i] * (one - alpha)
+                    if test_t < tmin:
                         done[i] = True
                         alive -= 1
                         continue
@@ -85,18 +88,19 @@ def _forward(
                 i = (py - y0) * tw + px - x0
                 for c in range(C):
                     out_f[py, px, c] = acc[i, c] + T[i] * bg[c]
-                out_a[py, px] = 1.0 - T[i]
+                out_a[py, px] = one - T[i]
                 t_final[py, px] = T[i]
                 n_done[py, px] = last[i]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _backward(
-    means2d, conics, feats, opac, ext, bg, offsets, gauss, tiles_x, tile, H, W, t_final, n_done, g_f, g_a,
-    gm, gc, go, gf,
+    means2d, conics, feats, opac, ext, bg, offsets, gauss, tiles_x, tile, H, W, k_, xs, ys, t_final, n_done, g_f,
+    g_a, gm, gc, go, gf,
 ):  # fmt: skip
     n_tiles = len(offsets) - 1
     C = feats.shape[1]
+    half, amax, amin, one, zero = k_[0], k_[1], k_[2], k_[4], k_[5]
     for t in prange(n_tiles):
         s = offsets[t]
         x0, y0 = (t % tiles_x) * tile, (t // tiles_x) * tile
@@ -118,7 +122,7 @@ def _backward(
                 T[i] = tf[i] = t_final[py, px]
                 stop[i] = n_done[py, px]
                 e = max(e, stop[i])
-                bg_dot = 0.0
+                bg_dot = zero
                 for c in range(C):
                     gpix[i, c] = g_f[py, px, c]
                     bg_dot += bg[c] * g_f[py, px, c]
@@ -128,48 +132,107 @@ def _backward(
             mx, my = means2d[g, 0], means2d[g, 1]
             a, b, cc, o = conics[g, 0], conics[g, 1], conics[g, 2], opac[g]
             bx0, bx1, by0, by1 = _bbox(mx, my, ext[g, 0], ext[g, 1], x0, x1, y0, y1)
-            g_mx = g_my = g_a_ = g_b = g_c = g_o = 0.0
+            g_mx = g_my = g_a_ = g_b = g_c = g_o = zero
             for py in range(by0, by1):
-                dy = py + 0.5 - my
+                dy = ys[py] - my
                 for px in range(bx0, bx1):
                     i = (py - y0) * tw + px - x0
                     if k >= stop[i]:
                         continue
-                    dx = px + 0.5 - mx
-                    power = -0.5 * (a * dx * dx + cc * dy * dy) - b * dx * dy
-                    if power > 0.0:
+                    dx = xs[px] - mx
+                    power = -half * (a * dx * dx + cc * dy * dy) - b * dx * dy
+                    if power > zero:
                         continue
-                    G = math.exp(power)
+                    G = np.exp(power)
                     raw = o * G
-                    alpha = min(ALPHA_MAX, raw)
-                    if alpha < ALPHA_MIN:
+                    alpha = min(amax, raw)
+                    if alpha < amin:
                         continue
-                    T[i] = T[i] / (1.0 - alpha)
+                    inv = one / (one - alpha)
+                    T[i] = T[i] * inv
                     w = alpha * T[i]
-                    d_alpha = 0.0
+                    d_alpha = zero
                     la = last_alpha[i]
                     for c in range(C):
                         gf[k, c] += w * gpix[i, c]
-                        accum[i, c] = la * last_f[i, c] + (1.0 - la) * accum[i, c]
+                        accum[i, c] = la * last_f[i, c] + (one - la) * accum[i, c]
                         last_f[i, c] = feats[g, c]
                         d_alpha += (feats[g, c] - accum[i, c]) * gpix[i, c]
-                    d_alpha = d_alpha * T[i] + coef[i] * tf[i] / (1.0 - alpha)
+                    d_alpha = d_alpha * T[i] + coef[i] * tf[i] * inv
                     last_alpha[i] = alpha
-                    if raw > ALPHA_MAX:
+                    if raw > amax:
                         continue
                     g_o += G * d_alpha
                     d_power = raw * d_alpha
                     g_mx += d_power * (a * dx + b * dy)
                     g_my += d_power * (cc * dy + b * dx)
-                    g_a_ += -0.5 * dx * dx * d_power
-                    g_b += -dx * dy * d_power
-                    g_c += -0.5 * dy * dy * d_power
+                    g_a_ -= half * dx * dx * d_power
+                    g_b -= dx * dy * d_power
+                    g_c -= half * dy * dy * d_power
             gm[k, 0] = g_mx
             gm[k, 1] = g_my
             gc[k, 0] = g_a_
             gc[k, 1] = g_b
             gc[k, 2] = g_c
             go[k] = g_o
+
+
+@njit(cache=True)
+def _bin(means2d, ext, order, tile, tiles_x, tiles_y):
+    """Tile intersections: for each tile, the Gaussians whose box touches it, in ``order`` (front to back)."""
+    M = len(order)
+    rect = np.empty((M, 4), np.int64)
+    counts = np.zeros(tiles_x * tiles_y + 1, np.int64)
+    for g in range(M):
+        x0 = min(max(int(math.floor((means2d[g, 0] - ext[g, 0]) / tile)), 0), tiles_x)
+        x1 = min(max(int(math.floor((means2d[g, 0] + ext[g, 0]) / tile)) + 1, 0), tiles_x)
+        y0 = min(max(int(math.floor((means2d[g, 1] - ext[g, 1]) / tile)), 0), tiles_y)
+        y1 = min(max(int(math.floor((means2d[g, 1] + ext[g, 1]) / tile)) + 1, 0), tiles_y)
+        rect[g, 0], rect[g, 1], rect[g, 2], rect[g, 3] = x0, x1, y0, y1
+        for ty in range(y0, y1):
+            for tx in range(x0, x1):
+                counts[ty * tiles_x + tx + 1] += 1
+    offsets = np.cumsum(counts)
+    cursor = offsets[:-1].copy()
+    gauss = np.empty(offsets[-1], np.int64)
+    for k in range(M):
+        g = order[k]
+        for ty in range(rect[g, 2], rect[g, 3]):
+            for tx in range(rect[g, 0], rect[g, 1]):
+                t = ty * tiles_x + tx
+                gauss[cursor[t]] = g
+                cursor[t] += 1
+    return offsets, gauss
+
+
+def bin_tiles_numba(proj, tile: int = 16) -> TileBins:
+    """:func:`tiles.bin_tiles` in one numba pass (same lists, same order)."""
+    h, w = proj.height, proj.width
+    tx_n, ty_n = (w + tile - 1) // tile, (h + tile - 1) // tile
+    m2, ext = _np(proj.means2d), _np(proj.extents)
+    order = np.argsort(_np(proj.depths), kind="stable")
+    offsets, gauss = _bin(m2, ext, order, tile, tx_n, ty_n)
+    dev = proj.means2d.device
+    return TileBins(torch.from_numpy(offsets).to(dev), torch.from_numpy(gauss).to(dev), tile, tx_n, ty_n)
+
+
+@njit(cache=True)
+def _scatter(gauss, M, gm, gc, go, gf):
+    """Sum per-intersection gradients into per-Gaussian ones."""
+    C = gf.shape[1]
+    om, oc = np.zeros((M, 2), gm.dtype), np.zeros((M, 3), gm.dtype)
+    oo, of = np.zeros(M, gm.dtype), np.zeros((M, C), gm.dtype)
+    for k in range(len(gauss)):
+        g = gauss[k]
+        om[g, 0] += gm[k, 0]
+        om[g, 1] += gm[k, 1]
+        oc[g, 0] += gc[k, 0]
+        oc[g, 1] += gc[k, 1]
+        oc[g, 2] += gc[k, 2]
+        oo[g] += go[k]
+        for c in range(C):
+            of[g, c] += gf[k, c]
+    return om, oc, oo, of
 
 
 def _np(x: Tensor) -> np.ndarray:
@@ -188,10 +251,12 @@ class _Composite(torch.autograd.Function):
         out_a = np.empty((H, W), npdt)
         t_final = np.empty((H, W), npdt)
         n_done = np.empty((H, W), np.int64)
-        _forward(*arrays, offsets, gauss, bins.tiles_x, bins.tile, H, W, out_f, out_a, t_final, n_done)
-        ctx.arrays, ctx.index = arrays, (offsets, gauss, bins.tiles_x, bins.tile, H, W)
+        consts = np.array([0.5, ALPHA_MAX, ALPHA_MIN, T_MIN, 1.0, 0.0], npdt)
+        xs, ys = np.arange(W, dtype=npdt) + npdt.type(0.5), np.arange(H, dtype=npdt) + npdt.type(0.5)
+        index = (offsets, gauss, bins.tiles_x, bins.tile, H, W, consts, xs, ys)
+        _forward(*arrays, *index, out_f, out_a, t_final, n_done)
+        ctx.arrays, ctx.index = arrays, index
         ctx.state = (t_final, n_done)
-        ctx.gauss_t = bins.gauss
         dev = means2d.device
         return torch.from_numpy(out_f).to(dev), torch.from_numpy(out_a).to(dev)
 
@@ -209,14 +274,9 @@ class _Composite(torch.autograd.Function):
         g_a = np.zeros(ctx.state[0].shape, npdt) if grad_a is None else _np(grad_a).astype(npdt, copy=False)
         _backward(*arrays, *ctx.index, *ctx.state, g_f, g_a, gm, gc, go, gf)
         dev = grad_f.device if grad_f is not None else grad_a.device
-        idx = ctx.gauss_t.to(dev)
-        M = len(arrays[0])
-
-        def reduce(x: np.ndarray) -> Tensor:
-            t = torch.from_numpy(x).to(dev)
-            return torch.zeros((M,) + t.shape[1:], dtype=t.dtype, device=dev).index_add_(0, idx, t)
-
-        return reduce(gm), reduce(gc), reduce(gf), reduce(go), None, None, None, None, None
+        om, oc, oo, of = _scatter(ctx.index[1], len(arrays[0]), gm, gc, go, gf)
+        to = lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
+        return to(om), to(oc), to(of), to(oo), None, None, None, None, None
 
 
 def composite_numba(

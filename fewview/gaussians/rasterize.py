@@ -1,6 +1,7 @@
 """``rasterize``: 3D Gaussians + one camera -> image, depth, alpha (differentiable).
 
-Backends: ``"numba"`` (fast CPU path), ``"torch"`` (pure-PyTorch reference, any device), ``"gsplat"``
+Backends: ``"numba"`` (fast CPU path: fused projection + SH and tile compositing, hand-written
+backwards), ``"torch"`` (pure-PyTorch reference, any device), ``"gsplat"``
 (CUDA, when the package is installed); ``"auto"`` picks gsplat on CUDA tensors when importable, the
 numba path on CPU, and the reference otherwise.
 """
@@ -82,8 +83,18 @@ def rasterize(
     backend = resolve_backend(backend, dev)
     if backend == "gsplat":
         return _rasterize_gsplat(means, quats, scales, opacities, colors, cam, sh_degree, bg, tile, eps2d, near)
-    proj = project(means, quats, scales, opacities, colors, cam, sh_degree, near, eps2d)
-    bins = bin_tiles(proj, tile)
+    if backend == "numba" and sh_degree is not None:
+        from .project_numba import project_fused
+
+        proj = project_fused(means, quats, scales, opacities, colors, cam, sh_degree, near, eps2d)
+    else:
+        proj = project(means, quats, scales, opacities, colors, cam, sh_degree, near, eps2d)
+    if backend == "numba":
+        from .raster_numba import bin_tiles_numba
+
+        bins = bin_tiles_numba(proj, tile)
+    else:
+        bins = bin_tiles(proj, tile)
     feats = torch.cat([proj.colors, proj.depths[:, None]], 1)
     bg4 = torch.cat([bg, bg.new_zeros(1)])
     if backend == "numba":

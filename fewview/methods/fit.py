@@ -98,6 +98,10 @@ SPARSE_PRESET = dict(
 )
 
 
+# Gaussians from 3 views: the silhouette term keeps them inside the masks' visual hull.
+GAUSSIAN_SPARSE_PRESET = dict(representation="gaussians", w_silhouette=1.0)
+
+
 # --------------------------------------------------------------------- scene prep
 def training_images(scene: Scene, background) -> Tensor:
     """Input images composited onto the fit's background (masked objects for masked photos)."""
