@@ -66,7 +66,7 @@ def main() -> int:
     ap.add_argument("--data", default="../shared/data/lego")
     ap.add_argument("--out", default="bench-out/gaussians")
     ap.add_argument("--budget", type=float, default=300.0, help="optimisation seconds")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--lpips-weights", default="../shared/weights", help="LPIPS-alex weights file or folder")
     args = ap.parse_args()
     out = Path(args.out)
