@@ -27,26 +27,29 @@ def _default_demo_scene() -> Path:
     return Path(env) if env else EXAMPLE_OBJECT
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
-    """One ``--option`` per dataclass field, typed, with the field's help text and default."""
+def add_dataclass_options(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+    """One ``--[prefix-]option`` per dataclass field, typed, with the field's help text and default."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        name = "--" + f.name.replace("_", "-")
+        name = "--" + (prefix + f.name).replace("_", "-")
+        dest = prefix + f.name
         kind = hints[f.name]
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
         if kind is bool:
-            parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(name, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is tuple:
-            parser.add_argument(
-                name, dest=f.name, type=float, nargs=len(typing.get_args(kind)), default=None, help=help_text
-            )
+            targs = typing.get_args(kind)
+            nargs = "+" if Ellipsis in targs else len(targs)
+            parser.add_argument(name, dest=dest, type=targs[0], nargs=nargs, default=None, help=help_text)
         else:
-            parser.add_argument(name, dest=f.name, type=kind, default=None, help=help_text)
+            parser.add_argument(name, dest=dest, type=kind, default=None, help=help_text)
 
 
-def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
-    for f in dataclasses.fields(cls):
+def dataclass_from_args(cls, args: argparse.Namespace, prefix: str = "", **overrides):
+    fs = dataclasses.fields(cls)
+    values = {f.name: getattr(args, prefix + f.name) for f in fs if getattr(args, prefix + f.name, None) is not None}
+    for f in fs:
         if f.name in values and typing.get_origin(typing.get_type_hints(cls)[f.name]) is tuple:
             values[f.name] = tuple(values[f.name])
     return cls(**{**overrides, **values})
@@ -242,6 +245,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import MODELS
+    from .train import TrainConfig, Trainer, init_distributed, make_source, shutdown
+
+    config_cls, model_cls = MODELS[args.model]
+    cfg = dataclass_from_args(TrainConfig, args)
+    mcfg = dataclass_from_args(config_cls, args, prefix="model_")
+    if hasattr(mcfg, "background"):
+        mcfg = dataclasses.replace(mcfg, background=cfg.background)  # render on the background it trains on
+    info = init_distributed(cfg.device)
+    try:
+        torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
+        model = model_cls(mcfg)
+        source = make_source(cfg, "train")
+        try:
+            eval_source = make_source(cfg, "val")
+        except (DataError, ValueError):
+            eval_source = None
+        if info.is_main:
+            print(f"training {args.model} on {len(source)} scenes ({cfg.data}) with {info.world_size} process(es) "
+                  f"on {info.device}; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")  # fmt: skip
+        Trainer(model, cfg, source, args.out, info, eval_source).run(progress=not args.quiet)
+        if info.is_main:
+            print(f"wrote {args.out}/checkpoint (resumable) and {args.out}/pretrained (EMA weights)")
+    finally:
+        shutdown(info)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .data import load_scene
 
@@ -378,6 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--res", type=int, default=64)
     de.add_argument("--seed", type=int, default=0)
     de.set_defaults(func=cmd_data_example)
+
+    tr = sub.add_parser("train", help="train a learned model (torchrun-aware: DDP when launched by torchrun)")
+    tsub = tr.add_subparsers(dest="model", required=True)
+    from .models import MODELS
+    from .train import TrainConfig
+
+    for name, (config_cls, _) in sorted(MODELS.items()):
+        tp = tsub.add_parser(name, help=f"train {name}; model options are --model-*")
+        tp.add_argument("--out", required=True, help="run folder (checkpoint/, pretrained/, eval/, config.json)")
+        tp.add_argument("--quiet", action="store_true")
+        add_dataclass_options(tp, TrainConfig)
+        add_dataclass_options(tp, config_cls, prefix="model_")
+        tp.set_defaults(func=cmd_train)
 
     w = sub.add_parser("weights", help="build or import pretrained weight files")
     wsub = w.add_subparsers(dest="which", required=True)

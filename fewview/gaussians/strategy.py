@@ -138,6 +138,19 @@ class DefaultStrategy:
         return {"cloned": len(clone), "split": len(split), "pruned": int(prune.sum()), "total": len(model)}
 
     @torch.no_grad()
+    def prune(self, model: GaussianModel, opt: torch.optim.Optimizer, remove: Tensor) -> int:
+        """Remove the Gaussians where ``remove`` (N,) is True (with their optimizer state and statistics)."""
+        n = int(remove.sum())
+        if n:
+            keep = ~remove
+            _edit_parameters(model, opt, keep, None)
+            for k in ("grad_accum", "count", "max_radii"):
+                v = getattr(self, k)
+                if v is not None and len(v) == len(keep):
+                    setattr(self, k, v[keep])
+        return n
+
+    @torch.no_grad()
     def reset_opacity(self, model: GaussianModel, opt: torch.optim.Optimizer) -> None:
         """Clamp opacities to at most 0.01 and zero their Adam moments."""
         new = torch.minimum(model.opacity_logits, inverse_sigmoid(torch.tensor(0.01)))

@@ -149,6 +149,12 @@ class GaussianFitter:
         self.extent = scene_extent(self.train.cameras)
         self.state = GaussianState(model, bg.to(dev), 0, cfg.gs_backend)
         self.strategy = DefaultStrategy(densify_config(cfg), self.extent)
+        self.hull = None  # Gaussians leaving the visual hull of the input masks are removed
+        if cfg.gs_hull_prune and self.train.masks is not None:
+            aabb = scene.bounds.float() if scene.bounds is not None else default_aabb(self.train.cameras)
+            self.hull = OccupancyGrid(aabb, 64)
+            self.hull.carve_with_masks(self.train.cameras, self.train.masks)
+            self.hull.to(dev)
         self.opt = self.make_optimizer(model)
         self.step = 0
         self.history: list[dict] = []
@@ -231,6 +237,10 @@ class GaussianFitter:
             sil = F.mse_loss(r.alpha, self.masks[v])
             loss = loss + cfg.w_silhouette * sil
             terms["silhouette"] = float(sil.detach())
+        if cfg.gs_w_opacity > 0:
+            op = st.model.opacities.mean()
+            loss = loss + cfg.gs_w_opacity * op
+            terms["opacity"] = float(op.detach())
         if cfg.w_perceptual > 0:
             perc = self.perceptual(r.rgb[None], gt[None])
             loss = loss + cfg.w_perceptual * perc
@@ -259,6 +269,9 @@ class GaussianFitter:
         self.opt.step()
         self.strategy.post_backward(st.model, self.opt, r, self.step)
         self.step += 1
+        if self.hull is not None and self.step % cfg.gs_refine_every == 0:
+            outside = ~self.hull.query(st.model.means.detach())
+            terms["pruned_outside_hull"] = self.strategy.prune(st.model, self.opt, outside)
         terms["psnr"] = -10 * math.log10(max(terms["mse"], 1e-10))
         terms["gaussians"] = len(st.model)
         return terms

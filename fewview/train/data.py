@@ -1,0 +1,177 @@
+"""Multi-view training data: context/query sampling over fewview-objects shards or CO3D sequences.
+
+Sampling is a pure function of (seed, step, position in the global batch): any number of processes
+sees exactly the items a single process would, so DDP runs match single-process runs, and a resumed
+run draws what the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..cameras import Cameras
+from ..data import DataError
+
+
+def item_generator(seed: int, step: int, item: int) -> torch.Generator:
+    """Generator for item ``item`` (>= -1; -1 is the step itself) of training step ``step``."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, item + 1]).generate_state(1)[0]))
+
+
+class ObjectsSource:
+    """All views of the objects in one split of a fewview-objects dataset, held in memory as uint8."""
+
+    def __init__(self, root: str | Path, split: str = "train", limit: int | None = None):
+        root = Path(root)
+        card_path = root / "card.json"
+        if not card_path.is_file():
+            raise DataError(card_path, "", "not a fewview-objects dataset (build one with `fewview data objects`)")
+        card = json.loads(card_path.read_text())
+        if split not in card.get("splits", {}):
+            raise DataError(card_path, "splits", f"no split {split!r}")
+        want = card["splits"][split][:limit] if limit else card["splits"][split]
+        pos = {o: k for k, o in enumerate(want)}
+        rgba, c2w, K, order = [None] * len(want), [None] * len(want), None, []
+        for sh in card["shards"]:
+            lo, hi = sh["objects"]
+            if not any(lo <= o <= hi for o in want):
+                continue
+            with np.load(root / sh["file"]) as z:
+                K = z["K"]
+                for j, o in enumerate(z["index"].tolist()):
+                    if o in pos:
+                        rgba[pos[o]], c2w[pos[o]] = z["rgba"][j], z["c2w"][j]
+                        order.append(o)
+        missing = [o for o, r in zip(want, rgba, strict=True) if r is None]
+        if missing:
+            raise DataError(card_path, "shards", f"objects {missing[:5]} of split {split} are missing")
+        self.ids = list(want)
+        self.rgba = np.stack(rgba)  # (S, V, H, W, 4) uint8
+        self.c2w = torch.from_numpy(np.stack(c2w)).double()  # (S, V, 4, 4)
+        self.K = torch.from_numpy(np.asarray(K)).double()
+        self.res = self.rgba.shape[2]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def num_views(self, s: int) -> int:
+        return self.rgba.shape[1]
+
+    def views(self, s: int, idx: list[int]) -> tuple[Tensor, Tensor, Cameras]:
+        """(images (n,3,H,W), masks (n,1,H,W), cameras) of scene ``s``."""
+        x = torch.from_numpy(self.rgba[s, idx]).float().div_(255).permute(0, 3, 1, 2)
+        n = len(idx)
+        cams = Cameras(self.c2w[s, idx], self.K.expand(n, 3, 3).clone(), torch.tensor([self.res, self.res]))
+        return x[:, :3], x[:, 3:], cams
+
+
+class CO3DSource:
+    """CO3Dv2 sequences (SparseFusion's box crop to ``res``), loaded on demand with a small cache."""
+
+    def __init__(self, root: str | Path, categories: list[str], subset: str = "fewview_train", split: str = "train",
+                 res: int = 64, cache: int = 64):  # fmt: skip
+        from ..data.co3d import list_sequences
+
+        self.root, self.res = Path(root), res
+        self.items = [(c, s) for c in categories for s in list_sequences(root, c, subset, split)]
+        if not self.items:
+            raise DataError(self.root, "set_lists", f"no sequences in {categories} {subset}/{split}")
+        self._cache: OrderedDict = OrderedDict()
+        self._size = cache
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _scene(self, s: int):
+        from ..data.co3d import BoxCrop, load_co3d_sequence
+
+        if s not in self._cache:
+            cat, seq = self.items[s]
+            self._cache[s] = load_co3d_sequence(self.root, cat, seq, box_crop=BoxCrop(image_size=self.res))
+            if len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(s)
+        return self._cache[s]
+
+    def num_views(self, s: int) -> int:
+        return len(self._scene(s))
+
+    def views(self, s: int, idx: list[int]) -> tuple[Tensor, Tensor, Cameras]:
+        sc = self._scene(s).select(idx)
+        return sc.images, sc.masks, sc.cameras
+
+
+@dataclass
+class Batch:
+    """A batch of scenes, each with ``n`` context views and one query view (images on ``background``)."""
+
+    context: Tensor  # (B, n, 3, H, W)
+    context_c2w: Tensor  # (B, n, 4, 4)
+    context_K: Tensor  # (B, n, 3, 3)
+    query: Tensor  # (B, 3, H, W)
+    query_mask: Tensor  # (B, 1, H, W)
+    query_c2w: Tensor  # (B, 4, 4)
+    query_K: Tensor  # (B, 3, 3)
+    rays: Tensor | None  # (B, R) pixel indices of the query rays to supervise (None: every pixel)
+    noise: Tensor | None  # (B, R, S) uniform jitter for stratified samples, drawn with the item's generator
+    scene: list[int]
+
+    def to(self, device) -> Batch:
+        t = lambda x: None if x is None else x.to(device)  # noqa: E731
+        return Batch(t(self.context), t(self.context_c2w), t(self.context_K), t(self.query), t(self.query_mask),
+                     t(self.query_c2w), t(self.query_K), t(self.rays), t(self.noise), self.scene)  # fmt: skip
+
+    def context_cameras(self, b: int) -> Cameras:
+        h, w = self.context.shape[-2:]
+        return Cameras(self.context_c2w[b], self.context_K[b], torch.tensor([h, w]))
+
+    def query_camera(self, b: int) -> Cameras:
+        h, w = self.query.shape[-2:]
+        return Cameras(self.query_c2w[b : b + 1], self.query_K[b : b + 1], torch.tensor([h, w]))
+
+
+def sample_batch(
+    source, seed: int, step: int, batch_size: int, context_range: tuple[int, int], rays: int | None,
+    samples: int, background: float = 1.0, rank: int = 0, world: int = 1,
+) -> Batch:  # fmt: skip
+    """This rank's share of the global batch of ``step``: items ``rank * B/world ...``. The number of context
+    views is drawn per step in ``[context_range[0], context_range[1]]``."""
+    if batch_size % world:
+        raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
+    g = item_generator(seed, step, -1)
+    lo, hi = context_range
+    n = int(torch.randint(lo, hi + 1, (1,), generator=g))
+    scenes = torch.randint(0, len(source), (batch_size,), generator=g).tolist()
+    per = batch_size // world
+    out = {k: [] for k in ("ctx", "cc2w", "cK", "q", "qm", "qc2w", "qK", "rays", "noise")}
+    for j in range(rank * per, (rank + 1) * per):
+        gi = item_generator(seed, step, j)
+        s = scenes[j]
+        v = source.num_views(s)
+        if v < n + 1:
+            raise DataError(Path(str(s)), "views", f"scene has {v} views; {n} context + 1 query needed")
+        pick = torch.randperm(v, generator=gi)[: n + 1].tolist()
+        img, msk, cams = source.views(s, pick)
+        img = img * msk + background * (1 - msk)
+        out["ctx"].append(img[:n])
+        out["cc2w"].append(cams.c2w[:n].float())
+        out["cK"].append(cams.K[:n].float())
+        out["q"].append(img[n])
+        out["qm"].append(msk[n])
+        out["qc2w"].append(cams.c2w[n].float())
+        out["qK"].append(cams.K[n].float())
+        hw = img.shape[-2] * img.shape[-1]
+        r = rays if rays is not None else hw
+        out["rays"].append(torch.randperm(hw, generator=gi)[:r] if rays is not None else torch.arange(hw))
+        out["noise"].append(torch.rand(r, samples, generator=gi))
+    st = {k: torch.stack(v) for k, v in out.items()}
+    mine = scenes[rank * per : (rank + 1) * per]
+    ray_idx = st["rays"] if rays is not None else None
+    return Batch(st["ctx"], st["cc2w"], st["cK"], st["q"], st["qm"], st["qc2w"], st["qK"], ray_idx, st["noise"], mine)

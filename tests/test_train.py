@@ -1,0 +1,170 @@
+"""Training infrastructure: sampling independent of the process count, DDP parity under torchrun,
+resume after a kill, EMA/schedule maths, save_pretrained round trips; pixelNeRF's projections."""
+
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fewview.cli import main
+from fewview.models import PixelNeRF, PixelNeRFConfig
+from fewview.models.pixelnerf import sample_features
+from fewview.objects.builder import ObjectsConfig, build
+from fewview.train import (
+    EMA,
+    CO3DSource,
+    DistInfo,
+    ObjectsSource,
+    TrainConfig,
+    Trainer,
+    from_pretrained,
+    lr_lambda,
+    sample_batch,
+    save_pretrained,
+)
+
+from .helpers import make_cams, write_co3d
+
+TINY_MODEL = PixelNeRFConfig(widths=(8, 8), hidden=16, blocks_before_mean=1, blocks_after_mean=1, samples_coarse=6,
+                             samples_fine=3)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def objects_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("objects")
+    build(ObjectsConfig(objects=10, views=6, res=24, shard_size=4), root, progress=False)
+    return root
+
+
+def train_cfg(root, **kw):
+    base = dict(data=str(root), steps=4, batch_size=2, rays=32, checkpoint_every=2, eval_every=0, warmup=1,
+                context_min=2, context_max=3, device="cpu")  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def test_batches_do_not_depend_on_the_number_of_processes(objects_root):
+    src = ObjectsSource(objects_root, "train")
+    whole = sample_batch(src, 3, 7, 4, (2, 4), 16, 6)
+    parts = [sample_batch(src, 3, 7, 4, (2, 4), 16, 6, rank=r, world=2) for r in range(2)]
+    for name in ("context", "context_c2w", "query", "rays", "noise"):
+        torch.testing.assert_close(torch.cat([getattr(p, name) for p in parts]), getattr(whole, name), rtol=0, atol=0)
+    assert whole.scene == parts[0].scene + parts[1].scene
+    again = sample_batch(src, 3, 7, 4, (2, 4), 16, 6)
+    assert torch.equal(again.context, whole.context) and not torch.equal(sample_batch(src, 3, 8, 4, (2, 4), 16,
+                                                                                       6).rays, whole.rays)  # fmt: skip
+    # Query views are never among the context views of the same scene.
+    assert not any(torch.equal(whole.query[b], c) for b in range(4) for c in whole.context[b])
+
+
+def test_co3d_source_feeds_the_same_sampler(tmp_path):
+    write_co3d(tmp_path, make_cams(n=5, h=40, w=48))
+    src = CO3DSource(tmp_path, ["hydrant"], subset="fewview_dev", split="test", res=24)
+    b = sample_batch(src, 0, 0, 2, (2, 3), 8, 4)
+    assert b.context.shape[-2:] == (24, 24) and b.query_c2w.shape == (2, 4, 4) and torch.isfinite(b.context).all()
+
+
+def test_sample_features_reads_pixel_centres_exactly():
+    img = torch.rand(1, 3, 6, 8)
+    ys, xs = torch.meshgrid(torch.arange(6.0), torch.arange(8.0), indexing="ij")
+    uv = torch.stack([xs + 0.5, ys + 0.5], -1).reshape(1, -1, 2)
+    f = sample_features(img, uv, (6, 8))
+    torch.testing.assert_close(f, img.flatten(2).transpose(1, 2))
+
+
+def test_pixelnerf_points_project_to_their_pixels():
+    """A point on a context view's pixel ray fetches that pixel's feature (identity encoder)."""
+    cams = make_cams(n=2, h=12, w=16)
+    model = PixelNeRF(TINY_MODEL)
+    img = torch.rand(1, 2, 3, 12, 16)
+    uv = torch.tensor([[[3.5, 4.5], [10.5, 7.5]]], dtype=torch.float64)
+    pts = cams[0].unproject(uv, torch.tensor([[2.5, 3.1]], dtype=torch.float64))
+    w2c = torch.linalg.inv(cams.c2w.float())
+    xc = pts.float()[0] @ w2c[0, :3, :3].T + w2c[0, :3, 3]
+    p = (xc / xc[:, 2:]) @ cams.K[0].float().T
+    f = sample_features(img[0, :1], p[None, :, :2], (12, 16))
+    torch.testing.assert_close(f[0], img[0, 0][:, [4, 7], [3, 10]].T, atol=1e-5, rtol=0)
+    assert model.encode(img).shape == (1, 2, 16, 6, 8)
+
+
+def test_schedule_and_ema():
+    cfg = TrainConfig(steps=100, warmup=10, final_lr_ratio=0.1)
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(100) == pytest.approx(0.1) and f(55) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    lin = torch.nn.Linear(2, 1)
+    ema = EMA(lin, decay=0.9)
+    w0 = lin.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.update(lin)
+    torch.testing.assert_close(ema.model.weight, w0 + 0.1)
+
+
+def test_smoke_training_writes_checkpoint_eval_images_and_pretrained(objects_root, tmp_path):
+    torch.manual_seed(0)
+    model = PixelNeRF(TINY_MODEL)
+    cfg = train_cfg(objects_root, eval_every=2)
+    ema = Trainer(model, cfg, ObjectsSource(objects_root, "train"), tmp_path / "run", DistInfo()).run(progress=False)
+    assert (tmp_path / "run" / "eval" / "step_000004.png").exists()
+    again = from_pretrained(tmp_path / "run" / "pretrained")
+    for k, v in ema.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v)
+    save_pretrained(again, tmp_path / "copy")
+    assert from_pretrained(tmp_path / "copy").config == again.config
+    with pytest.raises(FileNotFoundError, match="pretrained model folder"):
+        from_pretrained(tmp_path)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_continues_to_the_same_result(objects_root, tmp_path):
+    src = ObjectsSource(objects_root, "train")
+    cfg = train_cfg(objects_root, steps=6, checkpoint_every=2)
+    torch.manual_seed(0)
+    full = Trainer(PixelNeRF(TINY_MODEL), cfg, src, tmp_path / "full", DistInfo()).run(progress=False)
+
+    def kill(tr):
+        if tr.step == 3:  # checkpoint at step 2; step 3 is lost
+            raise Killed
+
+    torch.manual_seed(0)
+    with pytest.raises(Killed):
+        Trainer(PixelNeRF(TINY_MODEL), cfg, src, tmp_path / "resumed", DistInfo()).run(progress=False, callback=kill)
+    torch.manual_seed(123)  # a new process: different initial weights, restored from the checkpoint
+    tr = Trainer(PixelNeRF(TINY_MODEL), cfg, src, tmp_path / "resumed", DistInfo())
+    resumed = tr.run(progress=False)
+    assert tr.step == 6
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-6, rtol=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one_process(objects_root, tmp_path):
+    args = ["train", "pixelnerf", "--data", str(objects_root), "--steps", "3", "--batch-size", "4", "--rays", "32",
+            "--checkpoint-every", "3", "--eval-every", "0", "--device", "cpu", "--quiet", "--model-widths", "8", "8",
+            "--model-hidden", "16", "--model-samples-coarse", "6", "--model-samples-fine", "3"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "fewview", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a = load_file(tmp_path / "one" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "checkpoint" / "model.safetensors")
+    moved = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert moved < 1e-5
+    import json
+
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
