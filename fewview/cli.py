@@ -276,6 +276,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shipped_model(method: str) -> Path:
+    return Path(__file__).parent / "assets" / "models" / method
+
+
+def cmd_recon(args: argparse.Namespace) -> int:
+    from .methods.recon import recon_views, run_recon_protocol
+
+    model_dir = Path(args.model) if args.model else _shipped_model(args.method)
+    meta_path = model_dir / "config.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{model_dir}: no trained {args.method} model here (train one: fewview train {args.method})"
+        )
+    name = json.loads(meta_path.read_text()).get("model")
+    if name != args.method:
+        print(f"error: {model_dir} holds a {name} model, not {args.method}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if args.protocol:
+        rec = run_recon_protocol(
+            args.scene, args.protocol, out, model_dir, args.mean_seeking, args.fit_steps,
+            progress=not args.quiet, lpips_weights=args.lpips_weights, downscale=args.downscale,
+        )  # fmt: skip
+        _print_record({**rec, "fit_seconds": rec["wall_seconds"]}, out)
+        return 0
+    if not args.views:
+        print("error: give --views I,J or --protocol NAME", file=sys.stderr)
+        return 2
+    from PIL import Image
+
+    from .data import load_scene
+    from .evaluation import to_uint8
+    from .export import turntable_cameras, write_video
+
+    scene = load_scene(args.scene, split=args.split, downscale=args.downscale)
+    views = [int(v) for v in args.views.split(",")]
+    render = recon_views(model_dir, scene, views)
+    (out / "views").mkdir(parents=True, exist_ok=True)
+    for i in range(len(scene)):
+        if i not in views:
+            r = render(scene.cameras[i])
+            Image.fromarray(to_uint8(r["rgb"])).save(out / "views" / f"{Path(scene.frames[i]).stem}_rgb.png")
+    cams = turntable_cameras(scene.cameras[views], args.frames)
+    write_video([to_uint8(render(cams[i])["rgb"]) for i in range(len(cams))], out / "turntable.mp4")
+    print(f"wrote {out}/views/ ({len(scene) - len(views)} novel views) and {out}/turntable.mp4")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .data import load_scene
 
@@ -412,6 +460,23 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--res", type=int, default=64)
     de.add_argument("--seed", type=int, default=0)
     de.set_defaults(func=cmd_data_example)
+
+    rc = sub.add_parser("recon", help="novel views from a trained generalizable model (eft, pixelnerf)")
+    rc.add_argument("scene", help="scene folder (any supported format)")
+    rc.add_argument("--method", required=True, choices=["eft", "pixelnerf"])
+    rc.add_argument("--model", help="pretrained folder (default: the checkpoint shipped with fewview)")
+    rc.add_argument("--out", required=True)
+    rc.add_argument("--protocol", help="evaluate on a named protocol (metrics.json, report.html)")
+    rc.add_argument("--views", help="input view indices, e.g. 0,5 (renders the other views and a turntable)")
+    ms_help = "fit a field to the model's renders on the SparseFusion trajectory (Table 5 baseline)"
+    rc.add_argument("--mean-seeking", action="store_true", help=ms_help)
+    rc.add_argument("--fit-steps", type=int, default=1000, help="steps of that fit")
+    rc.add_argument("--frames", type=int, default=40, help="turntable frames (with --views)")
+    rc.add_argument("--split", default="train")
+    rc.add_argument("--downscale", type=float, default=1.0)
+    rc.add_argument("--lpips-weights", help="LPIPS weights path (default: env/cache)")
+    rc.add_argument("--quiet", action="store_true")
+    rc.set_defaults(func=cmd_recon)
 
     tr = sub.add_parser("train", help="train a learned model (torchrun-aware: DDP when launched by torchrun)")
     tsub = tr.add_subparsers(dest="model", required=True)

@@ -1,7 +1,8 @@
-"""Learned models (pixelNeRF, ...), registered for ``fewview train`` and ``from_pretrained``."""
+"""Learned models (pixelNeRF, the EFT), registered for ``fewview train`` and ``from_pretrained``."""
 
 from ..train.pretrained import MODELS
+from .eft import EFT, EFTConfig
 from .encoder import ResNetEncoder
 from .pixelnerf import PixelNeRF, PixelNeRFConfig
 
-__all__ = ["MODELS", "PixelNeRF", "PixelNeRFConfig", "ResNetEncoder"]
+__all__ = ["EFT", "MODELS", "EFTConfig", "PixelNeRF", "PixelNeRFConfig", "ResNetEncoder"]

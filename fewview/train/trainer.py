@@ -92,7 +92,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.ema = EMA(self.model, cfg.ema_decay)
-        self.samples = samples_per_ray or getattr(model.config, "samples_coarse", 1)
+        mc = model.config
+        self.samples = samples_per_ray or getattr(mc, "samples_coarse", None) or getattr(mc, "points", 1)
         self.step = 0
         self.history: list[dict] = []
         self._tb = None
@@ -185,7 +186,8 @@ class Trainer:
                 barrier(info)
         bar.close()
         if self.out is not None and info.is_main:
-            extra = {"trained_steps": self.step, "train_config": asdict(cfg), "env": environment_info()}
+            extra = {"trained_steps": self.step, "image_size": getattr(self.source, "res", None),
+                     "train_config": asdict(cfg), "env": environment_info()}  # fmt: skip
             save_pretrained(self.ema.model, self.out / "pretrained", extra)
         return self.ema.model
 
