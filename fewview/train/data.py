@@ -38,17 +38,19 @@ class ObjectsSource:
             raise DataError(card_path, "splits", f"no split {split!r}")
         want = card["splits"][split][:limit] if limit else card["splits"][split]
         pos = {o: k for k, o in enumerate(want)}
-        rgba, c2w, K, order = [None] * len(want), [None] * len(want), None, []
+        rgba, c2w, K = [None] * len(want), [None] * len(want), None
         for sh in card["shards"]:
             lo, hi = sh["objects"]
             if not any(lo <= o <= hi for o in want):
                 continue
             with np.load(root / sh["file"]) as z:
-                K = z["K"]
-                for j, o in enumerate(z["index"].tolist()):
-                    if o in pos:
-                        rgba[pos[o]], c2w[pos[o]] = z["rgba"][j], z["c2w"][j]
-                        order.append(o)
+                K, idx = z["K"], z["index"].tolist()
+                sel = [j for j, o in enumerate(idx) if o in pos]
+                if not sel:
+                    continue
+                all_rgba, all_c2w = z["rgba"], z["c2w"]  # each z[...] access decompresses the whole array
+                for j in sel:
+                    rgba[pos[idx[j]]], c2w[pos[idx[j]]] = all_rgba[j], all_c2w[j]
         missing = [o for o, r in zip(want, rgba, strict=True) if r is None]
         if missing:
             raise DataError(card_path, "shards", f"objects {missing[:5]} of split {split} are missing")
