@@ -101,8 +101,11 @@ def test_schedule_and_ema():
     w0 = lin.weight.detach().clone()
     with torch.no_grad():
         lin.weight.add_(1.0)
-    ema.update(lin)
-    torch.testing.assert_close(ema.model.weight, w0 + 0.1)
+    ema.update(lin)  # warm-up: the first update uses decay 1/10
+    torch.testing.assert_close(ema.model.weight, w0 + 0.9)
+    ema.updates = 1000
+    ema.update(lin)  # then the configured 0.9
+    torch.testing.assert_close(ema.model.weight, w0 + 0.9 + 0.1 * 0.1)
 
 
 def test_smoke_training_writes_checkpoint_eval_images_and_pretrained(objects_root, tmp_path):

@@ -124,6 +124,7 @@ class Trainer:
         groups, meta = load_checkpoint(ck, self.opt)
         self.model.load_state_dict(groups["model"])
         self.ema.load_state_dict(groups["ema"])
+        self.ema.updates = meta["step"]  # one EMA update per step
         self.sched.load_state_dict(meta["scheduler"])
         self.step = meta["step"]
         self.history = meta.get("history", [])
