@@ -33,7 +33,7 @@ class TrainConfig:
     steps: int = option(default=2000, metadata={"help": "optimisation steps"})
     batch_size: int = option(default=8, metadata={"help": "scenes per step (global, over all processes)"})
     context_min: int = option(default=2, metadata={"help": "fewest context views per scene"})
-    context_max: int = option(default=3, metadata={"help": "most context views per scene"})
+    context_max: int = option(default=5, metadata={"help": "most context views per scene (SparseFusion: 2-5)"})
     rays: int = option(default=256, metadata={"help": "query rays per scene per step"})
     lr: float = option(default=5e-4, metadata={"help": "peak learning rate (AdamW)"})
     weight_decay: float = option(default=0.0, metadata={"help": "AdamW weight decay"})
