@@ -154,10 +154,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_match_one_process(objects_root, tmp_path):
-    args = ["train", "pixelnerf", "--data", str(objects_root), "--steps", "3", "--batch-size", "4", "--rays", "32",
-            "--checkpoint-every", "3", "--eval-every", "0", "--device", "cpu", "--quiet", "--model-widths", "8", "8",
-            "--model-hidden", "16", "--model-samples-coarse", "6", "--model-samples-fine", "3"]  # fmt: skip
+MODEL_ARGS = {
+    "pixelnerf": ["--model-widths", "8", "8", "--model-hidden", "16", "--model-samples-coarse", "6",
+                  "--model-samples-fine", "3"],
+    "eft": ["--model-widths", "8", "8", "--model-width", "16", "--model-ffn", "16", "--model-layers", "1",
+            "--model-points", "5"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", sorted(MODEL_ARGS))
+def test_ddp_two_processes_match_one_process(objects_root, tmp_path, model):
+    args = ["train", model, "--data", str(objects_root), "--steps", "3", "--batch-size", "4", "--rays", "32",
+            "--checkpoint-every", "3", "--eval-every", "0", "--device", "cpu", "--quiet"]  # fmt: skip
+    args += MODEL_ARGS[model]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",

@@ -68,6 +68,8 @@ class AttentionPool(nn.Module):
 
 @register_model("eft", EFTConfig)
 class EFT(nn.Module):
+    loss_leaves_parameters_unused = True  # the RGB loss does not reach the feature head
+
     def __init__(self, config: EFTConfig | None = None):
         super().__init__()
         self.config = c = config or EFTConfig()

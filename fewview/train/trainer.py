@@ -86,7 +86,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [info.device.index] if info.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids)
+            # Models whose loss leaves some parameters unused (the EFT's feature head) say so.
+            unused = getattr(self.model, "loss_leaves_parameters_unused", False)
+            self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
         else:
             self.net = self.model
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
