@@ -224,8 +224,7 @@ class Fitter:
             self.hull = occ.occupied.clone()
         extent = float((aabb[1] - aabb[0]).max())
         step = cfg.step_voxels * extent / (cfg.grid_res_final if cfg.representation == "grid" else cfg.occupancy_res)
-        dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
+        dev = resolve_device(cfg.device)
         self.device = dev
         self.origins, self.dirs, self.rgb = self.origins.to(dev), self.dirs.to(dev), self.rgb.to(dev)
         self.mask = None if self.mask is None else self.mask.to(dev)
@@ -379,16 +378,7 @@ class Fitter:
         cfg = self.cfg
         self.try_resume()
         if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg_json = {
-                "fit": asdict(self.cfg),
-                "inputs": self.inputs,
-                "input_frames": self.train.frames,
-                "input_cameras": cameras_to_json(self.train.cameras),
-                "scene": self.train.name,
-                "env": environment_info(),
-            }
-            (self.run_dir / "config.json").write_text(json.dumps(cfg_json, indent=1, default=str))
+            write_run_config(self.run_dir, cfg, self.inputs, self.train)
         bar = tqdm(
             total=cfg.steps, initial=self.step, disable=not progress, desc="fit", unit="step", dynamic_ncols=True
         )
@@ -414,6 +404,27 @@ class Fitter:
 
 
 # ------------------------------------------------------------------ run folders
+def write_run_config(run_dir: Path, cfg: FitConfig, inputs: list[int], train: Scene) -> None:
+    """``run_dir/config.json``: the fit options, the input views and cameras, the environment."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_json = {
+        "fit": asdict(cfg),
+        "inputs": inputs,
+        "input_frames": train.frames,
+        "input_cameras": cameras_to_json(train.cameras),
+        "scene": train.name,
+        "env": environment_info(),
+    }
+    (run_dir / "config.json").write_text(json.dumps(cfg_json, indent=1, default=str))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; any other name is taken as is."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def cameras_to_json(cams: Cameras) -> dict:
     return {"c2w": cams.c2w.double().tolist(), "K": cams.K.double().tolist(), "size": cams.size.tolist()}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import Cameras
-from ..checkpoint import environment_info, load_checkpoint, read_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from ..data import Scene
 from ..gaussians import DefaultStrategy, DensifyConfig, GaussianModel, load_ply
 from ..metrics.image import ssim
 from ..render import OccupancyGrid
-from .fit import FitConfig, cameras_to_json, default_aabb, training_images
+from .fit import FitConfig, default_aabb, resolve_device, training_images, write_run_config
 
 
 @dataclass
@@ -138,8 +138,7 @@ class GaussianFitter:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.train = scene.select(self.inputs)
         bg = torch.tensor(cfg.background, dtype=torch.float32)
-        dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
+        dev = resolve_device(cfg.device)
         self.device = dev
         self.images = training_images(self.train, bg).float()
         self.masks = None if self.train.masks is None else self.train.masks.float()
@@ -282,16 +281,7 @@ class GaussianFitter:
         cfg = self.cfg
         self.try_resume()
         if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg_json = {
-                "fit": asdict(cfg),
-                "inputs": self.inputs,
-                "input_frames": self.train.frames,
-                "input_cameras": cameras_to_json(self.train.cameras),
-                "scene": self.train.name,
-                "env": environment_info(),
-            }
-            (self.run_dir / "config.json").write_text(json.dumps(cfg_json, indent=1, default=str))
+            write_run_config(self.run_dir, cfg, self.inputs, self.train)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="fit gaussians", unit="step",
                    dynamic_ncols=True)  # fmt: skip
         t0 = time.perf_counter()
