@@ -373,34 +373,41 @@ class Fitter:
 
     def run(self, progress: bool = True, callback=None) -> FitState:
         """Optimise until ``cfg.steps`` (resuming from the run folder's checkpoint when there is one)."""
-        from tqdm import tqdm
+        return fit_loop(self, "fit", self._postfix, progress, callback)
 
-        cfg = self.cfg
-        self.try_resume()
-        if self.run_dir is not None:
-            write_run_config(self.run_dir, cfg, self.inputs, self.train)
-        bar = tqdm(
-            total=cfg.steps, initial=self.step, disable=not progress, desc="fit", unit="step", dynamic_ncols=True
-        )
-        t0, rays = time.perf_counter(), 0
-        while self.step < cfg.steps:
-            terms = self.train_step()
-            rays += cfg.batch_rays
-            bar.update(1)
-            if self.step % 10 == 0 or self.step == cfg.steps:
-                el = time.perf_counter() - t0
-                bar.set_postfix(
-                    psnr=f"{terms['psnr']:.2f}",
-                    rays_s=f"{rays / max(el, 1e-9):.0f}",
-                    occ=f"{self.state.occupancy.fraction:.3f}",
-                )
-                self.history.append({"step": self.step, "time": el, **{k: v for k, v in terms.items()}})
-            if callback is not None:
-                callback(self)
-            if self.run_dir is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
-                self.save()
-        bar.close()
-        return self.state
+    def _postfix(self, terms: dict, steps_done: int, seconds: float) -> dict:
+        return {
+            "psnr": f"{terms['psnr']:.2f}",
+            "rays_s": f"{steps_done * self.cfg.batch_rays / max(seconds, 1e-9):.0f}",
+            "occ": f"{self.state.occupancy.fraction:.3f}",
+        }
+
+
+def fit_loop(fitter, desc: str, postfix, progress: bool, callback):
+    """The loop of every per-scene fitter: resume, write ``config.json``, step with a progress bar, log
+    every 10 steps into ``fitter.history``, checkpoint every ``checkpoint_every`` steps and at the end.
+    ``postfix(terms, steps_done, seconds)`` gives the progress bar's fields."""
+    from tqdm import tqdm
+
+    cfg = fitter.cfg
+    fitter.try_resume()
+    if fitter.run_dir is not None:
+        write_run_config(fitter.run_dir, cfg, fitter.inputs, fitter.train)
+    bar = tqdm(total=cfg.steps, initial=fitter.step, disable=not progress, desc=desc, unit="step", dynamic_ncols=True)
+    t0, step0 = time.perf_counter(), fitter.step
+    while fitter.step < cfg.steps:
+        terms = fitter.train_step()
+        bar.update(1)
+        if fitter.step % 10 == 0 or fitter.step == cfg.steps:
+            el = time.perf_counter() - t0
+            bar.set_postfix(**postfix(terms, fitter.step - step0, el))
+            fitter.history.append({"step": fitter.step, "time": el, **terms})
+        if callback is not None:
+            callback(fitter)
+        if fitter.run_dir is not None and (fitter.step % cfg.checkpoint_every == 0 or fitter.step == cfg.steps):
+            fitter.save()
+    bar.close()
+    return fitter.state
 
 
 # ------------------------------------------------------------------ run folders

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from ..data import Scene
 from ..gaussians import DefaultStrategy, DensifyConfig, GaussianModel, load_ply
 from ..metrics.image import ssim
 from ..render import OccupancyGrid
-from .fit import FitConfig, default_aabb, resolve_device, training_images, write_run_config
+from .fit import FitConfig, default_aabb, fit_loop, resolve_device, training_images
 
 
 @dataclass
@@ -276,28 +275,9 @@ class GaussianFitter:
         return terms
 
     def run(self, progress: bool = True, callback=None) -> GaussianState:
-        from tqdm import tqdm
-
-        cfg = self.cfg
-        self.try_resume()
-        if self.run_dir is not None:
-            write_run_config(self.run_dir, cfg, self.inputs, self.train)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="fit gaussians", unit="step",
-                   dynamic_ncols=True)  # fmt: skip
-        t0 = time.perf_counter()
-        while self.step < cfg.steps:
-            terms = self.train_step()
-            bar.update(1)
-            if self.step % 10 == 0 or self.step == cfg.steps:
-                el = time.perf_counter() - t0
-                bar.set_postfix(psnr=f"{terms['psnr']:.2f}", gaussians=terms["gaussians"])
-                self.history.append({"step": self.step, "time": el, **terms})
-            if callback is not None:
-                callback(self)
-            if self.run_dir is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
-                self.save()
-        bar.close()
-        return self.state
+        """Optimise until ``cfg.steps`` (resuming from the run folder's checkpoint when there is one)."""
+        postfix = lambda terms, n, sec: {"psnr": f"{terms['psnr']:.2f}", "gaussians": terms["gaussians"]}  # noqa: E731
+        return fit_loop(self, "fit gaussians", postfix, progress, callback)
 
 
 def load_gaussian_fit(run_dir: str | Path, device="cpu") -> tuple[GaussianState, dict]:
