@@ -248,8 +248,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .models import MODELS
     from .train import TrainConfig, Trainer, init_distributed, make_source, shutdown
+    from .train.pretrained import MODELS
 
     config_cls, model_cls = MODELS[args.model]
     cfg = dataclass_from_args(TrainConfig, args)
@@ -260,9 +260,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
         model = model_cls(mcfg)
-        source = make_source(cfg, "train")
+        depth = getattr(model, "needs_depth", False)
+        source = make_source(cfg, "train", depth=depth)
         try:
-            eval_source = make_source(cfg, "val")
+            eval_source = make_source(cfg, "val", depth=depth)
         except (DataError, ValueError):
             eval_source = None
         if info.is_main:
@@ -276,14 +277,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shipped_model(method: str) -> Path:
-    return Path(__file__).parent / "assets" / "models" / method
-
-
 def cmd_recon(args: argparse.Namespace) -> int:
     from .methods.recon import recon_views, run_recon_protocol
+    from .train.pretrained import shipped_model_dir
 
-    model_dir = Path(args.model) if args.model else _shipped_model(args.method)
+    model_dir = Path(args.model) if args.model else shipped_model_dir(args.method)
     meta_path = model_dir / "config.json"
     if not meta_path.is_file():
         raise FileNotFoundError(
@@ -329,6 +327,39 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     scene = load_scene(args.path, split=args.split, downscale=args.downscale)
     print(scene.summary())
+    return 0
+
+
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .evaluation import to_uint8
+    from .train.pretrained import from_pretrained, resolve_model_dir
+
+    folder = resolve_model_dir(args.model)
+    model = from_pretrained(folder)
+    if getattr(model, "config", None) is None or getattr(model.config, "task", None) != "inpaint":
+        print(f"error: {folder} is not an inpainting model", file=sys.stderr)
+        return 2
+    size = json.loads((folder / "config.json").read_text()).get("image_size") or 64
+    size = args.size or size
+    img = Image.open(args.image).convert("RGBA")
+    rgba = torch.from_numpy(np.asarray(img.resize((size, size), Image.BICUBIC))).float().div(255).permute(2, 0, 1)
+    x = rgba[:3] * rgba[3:] + (1 - rgba[3:])  # transparent pixels on white, as the model was trained
+    m = Image.open(args.mask).convert("L").resize((size, size), Image.NEAREST)
+    mask = torch.from_numpy(np.asarray(m) > 127).float()[None]
+    g = torch.Generator().manual_seed(args.seed)
+    x, mask = x[None].expand(args.samples, -1, -1, -1), mask[None].expand(args.samples, -1, -1, -1)
+    out = model.inpaint(x, mask, steps=args.steps, method=args.sampler, eta=args.eta, guidance=args.guidance,
+                        generator=g)  # fmt: skip
+    out = x * (1 - mask) + out * mask  # keep the known pixels
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shown = x[0] * (1 - mask[0]) + 0.5 * mask[0]
+    Image.fromarray(to_uint8(torch.cat([shown, *out], -1))).save(path)
+    print(f"wrote {path}: [masked input | {args.samples} sample(s)] at {size}x{size}")
     return 0
 
 
@@ -461,6 +492,20 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--seed", type=int, default=0)
     de.set_defaults(func=cmd_data_example)
 
+    ip = sub.add_parser("inpaint", help="fill the masked pixels of an image with the inpainting prior")
+    ip.add_argument("image", help="image (RGB, or RGBA composited on white)")
+    ip.add_argument("mask", help="mask image: white = unknown pixels to generate")
+    ip.add_argument("--out", required=True, help="output PNG: the masked input, then each sample")
+    ip.add_argument("--model", default="inpaint64", help="pretrained folder or shipped name (default: inpaint64)")
+    ip.add_argument("--size", type=int, help="working size (default: the model's training size)")
+    ip.add_argument("--samples", type=int, default=1)
+    ip.add_argument("--steps", type=int, default=50)
+    ip.add_argument("--sampler", choices=["ddim", "plms"], default="ddim")
+    ip.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
+    ip.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    ip.add_argument("--seed", type=int, default=0)
+    ip.set_defaults(func=cmd_inpaint)
+
     rc = sub.add_parser("recon", help="novel views from a trained generalizable model (eft, pixelnerf)")
     rc.add_argument("scene", help="scene folder (any supported format)")
     rc.add_argument("--method", required=True, choices=["eft", "pixelnerf"])
@@ -480,9 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a learned model (torchrun-aware: DDP when launched by torchrun)")
     tsub = tr.add_subparsers(dest="model", required=True)
-    from .models import MODELS
     from .train import TrainConfig
+    from .train.pretrained import MODELS, _ensure_registered
 
+    _ensure_registered()
     for name, (config_cls, _) in sorted(MODELS.items()):
         tp = tsub.add_parser(name, help=f"train {name}; model options are --model-*")
         tp.add_argument("--out", required=True, help="run folder (checkpoint/, pretrained/, eval/, config.json)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,10 @@ def write_co3d(root: Path, cams: Cameras, category="hydrant", sequence="42_1234_
     (cdir / "set_lists" / "set_lists_fewview_dev.json").write_text(
         json.dumps({"train": rows[:2], "val": [], "test": rows})
     )
+
+
+def free_port() -> int:
+    """A free loopback TCP port (for torchrun rendezvous in tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

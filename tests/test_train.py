@@ -3,7 +3,6 @@ resume after a kill, EMA/schedule maths, save_pretrained round trips; pixelNeRF'
 
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -28,7 +27,7 @@ from fewview.train import (
     save_pretrained,
 )
 
-from .helpers import make_cams, write_co3d
+from .helpers import free_port, make_cams, write_co3d
 
 TINY_MODEL = PixelNeRFConfig(widths=(8, 8), hidden=16, blocks_before_mean=1, blocks_after_mean=1, samples_coarse=6,
                              samples_fine=3)  # fmt: skip
@@ -148,12 +147,6 @@ def test_resume_after_a_kill_continues_to_the_same_result(objects_root, tmp_path
         torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-6, rtol=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 MODEL_ARGS = {
     "pixelnerf": ["--model-widths", "8", "8", "--model-hidden", "16", "--model-samples-coarse", "6",
                   "--model-samples-fine", "3"],
@@ -170,7 +163,7 @@ def test_ddp_two_processes_match_one_process(objects_root, tmp_path, model):
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "fewview", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+           "--master_port", str(free_port()), "-m", "fewview", *args, "--out", str(tmp_path / "two")]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a = load_file(tmp_path / "one" / "checkpoint" / "model.safetensors")

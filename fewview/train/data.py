@@ -28,7 +28,7 @@ def item_generator(seed: int, step: int, item: int) -> torch.Generator:
 class ObjectsSource:
     """All views of the objects in one split of a fewview-objects dataset, held in memory as uint8."""
 
-    def __init__(self, root: str | Path, split: str = "train", limit: int | None = None):
+    def __init__(self, root: str | Path, split: str = "train", limit: int | None = None, depth: bool = False):
         root = Path(root)
         card_path = root / "card.json"
         if not card_path.is_file():
@@ -38,7 +38,7 @@ class ObjectsSource:
             raise DataError(card_path, "splits", f"no split {split!r}")
         want = card["splits"][split][:limit] if limit else card["splits"][split]
         pos = {o: k for k, o in enumerate(want)}
-        rgba, c2w, K = [None] * len(want), [None] * len(want), None
+        rgba, c2w, dep, K = [None] * len(want), [None] * len(want), [None] * len(want), None
         for sh in card["shards"]:
             lo, hi = sh["objects"]
             if not any(lo <= o <= hi for o in want):
@@ -49,8 +49,11 @@ class ObjectsSource:
                 if not sel:
                     continue
                 all_rgba, all_c2w = z["rgba"], z["c2w"]  # each z[...] access decompresses the whole array
+                all_dep = z["depth"] if depth else None
                 for j in sel:
                     rgba[pos[idx[j]]], c2w[pos[idx[j]]] = all_rgba[j], all_c2w[j]
+                    if depth:
+                        dep[pos[idx[j]]] = all_dep[j].astype(np.float16)
         missing = [o for o, r in zip(want, rgba, strict=True) if r is None]
         if missing:
             raise DataError(card_path, "shards", f"objects {missing[:5]} of split {split} are missing")
@@ -59,6 +62,7 @@ class ObjectsSource:
         self.c2w = torch.from_numpy(np.stack(c2w)).double()  # (S, V, 4, 4)
         self.K = torch.from_numpy(np.asarray(K)).double()
         self.res = self.rgba.shape[2]
+        self.depth = np.stack(dep) if depth else None  # (S, V, H, W) float16, 0 on background
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,6 +76,12 @@ class ObjectsSource:
         n = len(idx)
         cams = Cameras(self.c2w[s, idx], self.K.expand(n, 3, 3).clone(), torch.tensor([self.res, self.res]))
         return x[:, :3], x[:, 3:], cams
+
+    def depths(self, s: int, idx: list[int]) -> Tensor:
+        """Depth maps (n,1,H,W) of scene ``s`` (0 on background); needs ``depth=True``."""
+        if self.depth is None:
+            raise ValueError("this ObjectsSource was opened without depth=True")
+        return torch.from_numpy(self.depth[s, idx].astype(np.float32)).unsqueeze(1)
 
 
 class CO3DSource:
@@ -124,11 +134,22 @@ class Batch:
     rays: Tensor | None  # (B, R) pixel indices of the query rays to supervise (None: every pixel)
     noise: Tensor | None  # (B, R, S) uniform jitter for stratified samples, drawn with the item's generator
     scene: list[int]
+    context_depth: Tensor | None = None  # (B, n, 1, H, W) when the source has depth (0 on background)
+    query_depth: Tensor | None = None  # (B, 1, H, W)
+    item_seeds: Tensor | None = None  # (B,) int64 seeds for per-item randomness inside the model (noise, masks)
+
+    def item_generators(self) -> list[torch.Generator]:
+        """One generator per item, a function of (seed, step, global item): models that draw noise with these
+        train identically under any number of processes, and resume exactly."""
+        if self.item_seeds is None:
+            raise ValueError("this batch carries no item seeds")
+        return [torch.Generator().manual_seed(int(s)) for s in self.item_seeds]
 
     def to(self, device) -> Batch:
         t = lambda x: None if x is None else x.to(device)  # noqa: E731
         return Batch(t(self.context), t(self.context_c2w), t(self.context_K), t(self.query), t(self.query_mask),
-                     t(self.query_c2w), t(self.query_K), t(self.rays), t(self.noise), self.scene)  # fmt: skip
+                     t(self.query_c2w), t(self.query_K), t(self.rays), t(self.noise), self.scene,
+                     t(self.context_depth), t(self.query_depth), self.item_seeds)  # fmt: skip
 
     def context_cameras(self, b: int) -> Cameras:
         h, w = self.context.shape[-2:]
@@ -152,7 +173,9 @@ def sample_batch(
     n = int(torch.randint(lo, hi + 1, (1,), generator=g))
     scenes = torch.randint(0, len(source), (batch_size,), generator=g).tolist()
     per = batch_size // world
-    out = {k: [] for k in ("ctx", "cc2w", "cK", "q", "qm", "qc2w", "qK", "rays", "noise")}
+    with_depth = getattr(source, "depth", None) is not None
+    out = {k: [] for k in ("ctx", "cc2w", "cK", "q", "qm", "qc2w", "qK", "rays", "noise", "seed")}
+    out.update({"cd": [], "qd": []} if with_depth else {})
     for j in range(rank * per, (rank + 1) * per):
         gi = item_generator(seed, step, j)
         s = scenes[j]
@@ -173,7 +196,13 @@ def sample_batch(
         r = rays if rays is not None else hw
         out["rays"].append(torch.randperm(hw, generator=gi)[:r] if rays is not None else torch.arange(hw))
         out["noise"].append(torch.rand(r, samples, generator=gi))
+        out["seed"].append(torch.randint(0, 2**62, (), generator=gi))
+        if with_depth:
+            d = source.depths(s, pick)
+            out["cd"].append(d[:n])
+            out["qd"].append(d[n])
     st = {k: torch.stack(v) for k, v in out.items()}
     mine = scenes[rank * per : (rank + 1) * per]
     ray_idx = st["rays"] if rays is not None else None
-    return Batch(st["ctx"], st["cc2w"], st["cK"], st["q"], st["qm"], st["qc2w"], st["qK"], ray_idx, st["noise"], mine)
+    return Batch(st["ctx"], st["cc2w"], st["cK"], st["q"], st["qm"], st["qc2w"], st["qK"], ray_idx, st["noise"], mine,
+                 st.get("cd"), st.get("qd"), st["seed"])  # fmt: skip

@@ -38,12 +38,18 @@ def config_from_dict(config_cls: type, d: dict):
     return config_cls(**conv)
 
 
-def save_pretrained(model: nn.Module, folder: str | Path, extra: dict | None = None) -> Path:
+def save_pretrained(model: nn.Module, folder: str | Path, extra: dict | None = None, dtype: str = "float32") -> Path:
+    """Write ``config.json`` + ``model.safetensors``; ``dtype="float16"`` halves the file (floating tensors only;
+    :func:`from_pretrained` loads them back into the model's float32 parameters)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     meta = {"model": model.model_name, "config": asdict(cfg) if is_dataclass(cfg) else dict(cfg), **(extra or {})}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"save dtype {dtype!r}: choose float32 or float16")
+    cast = getattr(torch, dtype)
+    tensors = {k: (v.to(cast) if v.is_floating_point() else v).detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}  # fmt: skip
     tmp = folder / "model.safetensors.tmp"
     save_file(tensors, str(tmp))
     tmp.replace(folder / "model.safetensors")
@@ -61,9 +67,25 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> n
         raise ValueError(f"{folder}/config.json: unknown model {meta.get('model')!r}; known: {sorted(MODELS)}")
     config_cls, cls = MODELS[meta["model"]]
     model = cls(config_from_dict(config_cls, meta["config"]))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))  # copies cast float16 files back
     return model.to(device).eval()
 
 
+def shipped_model_dir(name: str) -> Path:
+    """Folder of a checkpoint shipped with fewview (``fewview/assets/models/NAME``)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "models" / name
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """A pretrained folder given as a path, or by the name of a shipped checkpoint."""
+    p = Path(name_or_path)
+    if (p / "config.json").is_file():
+        return p
+    shipped = shipped_model_dir(str(name_or_path))
+    if str(name_or_path) and "/" not in str(name_or_path) and (shipped / "config.json").is_file():
+        return shipped
+    raise FileNotFoundError(f"{name_or_path}: neither a pretrained model folder nor a shipped model name")
+
+
 def _ensure_registered() -> None:
-    from .. import models  # noqa: F401  (registers the built-in models)
+    from .. import diffusion, models  # noqa: F401  (registers the built-in models)

@@ -44,6 +44,10 @@ class TrainConfig:
     background: float = option(default=1.0, metadata={"help": "grey level behind masked objects"})
     checkpoint_every: int = option(default=250, metadata={"help": "checkpoint every N steps"})
     eval_every: int = option(default=250, metadata={"help": "write evaluation images every N steps (0: never)"})
+    save_dtype: str = option(
+        default="float32",
+        metadata={"help": "dtype of the final pretrained weights: float32 | float16 (half the file size)"},
+    )
     tensorboard: bool = option(default=False, metadata={"help": "also log to OUT/tensorboard (needs tensorboard)"})
     device: str = option(default="auto", metadata={"help": "cpu, cuda or auto"})
     seed: int = option(default=0, metadata={"help": "random seed (data order, initialisation)"})
@@ -59,14 +63,16 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def make_source(cfg: TrainConfig, split: str, res: int | None = None):
+def make_source(cfg: TrainConfig, split: str, res: int | None = None, depth: bool = False):
     from .data import CO3DSource, ObjectsSource
 
     if not cfg.data:
         raise ValueError("give --data: a fewview-objects folder (`fewview data objects`) or a CO3D root")
     if cfg.data_format == "objects":
-        return ObjectsSource(cfg.data, split, cfg.limit_scenes or None)
+        return ObjectsSource(cfg.data, split, cfg.limit_scenes or None, depth=depth)
     if cfg.data_format == "co3d":
+        if depth:
+            raise ValueError("this model trains on depth maps, which only fewview-objects data has")
         cats = [c for c in cfg.categories.split(",") if c]
         lists = {"train": ("fewview_train", "train"), "val": ("fewview_dev", "val")}
         subset, part = lists.get(split, ("fewview_dev", "test"))
@@ -188,17 +194,20 @@ class Trainer:
                 self.save()
                 barrier(info)
         bar.close()
+        if hasattr(self.ema.model, "calibrate"):  # data-derived constants (the VAE's latent scale)
+            self.ema.model.calibrate(self.source)
         if self.out is not None and info.is_main:
             extra = {"trained_steps": self.step, "image_size": getattr(self.source, "res", None),
                      "train_config": asdict(cfg), "env": environment_info()}  # fmt: skip
-            save_pretrained(self.ema.model, self.out / "pretrained", extra)
+            save_pretrained(self.ema.model, self.out / "pretrained", extra, dtype=cfg.save_dtype)
         return self.ema.model
 
     @torch.no_grad()
     def write_eval_images(self, n: int = 2) -> Path | None:
         """[context views | EMA prediction | ground truth] for ``n`` fixed held-out scenes."""
         src = self.eval_source or self.source
-        if not hasattr(self.ema.model, "render"):
+        model = self.ema.model
+        if not hasattr(model, "render") and not hasattr(model, "eval_grid"):
             return None
         from PIL import Image
 
@@ -206,11 +215,13 @@ class Trainer:
 
         rows = []
         batch = sample_batch(src, 12345, 0, n, (self.cfg.context_min, self.cfg.context_min), None, 1,
-                             self.cfg.background)  # fmt: skip
-        for b in range(n):
-            pred = self.ema.model.render(batch.context[b], batch.context_cameras(b), batch.query_camera(b))["rgb"]
+                             self.cfg.background).to(self.info.device)  # fmt: skip
+        if hasattr(model, "eval_grid"):  # models that are not renderers draw their own rows
+            rows = [model.eval_grid(batch).cpu()]
+        for b in range(n if not rows else 0):
+            pred = model.render(batch.context[b], batch.context_cameras(b), batch.query_camera(b))["rgb"]
             tiles = list(batch.context[b]) + [pred, batch.query[b]]
-            rows.append(torch.cat(tiles, -1))
+            rows.append(torch.cat(tiles, -1).cpu())
         path = self.out / "eval" / f"step_{self.step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(to_uint8(torch.cat(rows, -2))).save(path)

@@ -1,0 +1,173 @@
+"""Benchmark the diffusion core on held-out fewview-objects (test split).
+
+1. VAE reconstruction: PSNR/SSIM of decode(encode(x)) over every 4th view of the first ``--vae-objects``
+   test objects (goal: >= 30 dB at 64²).
+2. Inpainting: for each of the first ``--inpaint-objects`` test objects, a query view and a context view
+   chosen by a permutation seeded with the object index, and two masks on the query:
+   - ``half``: one half of the image (side = object index mod 4);
+   - ``warp``: IPSM's mask, the query pixels the context view does not see through the depth maps
+     (the query's background counts as unknown).
+   PSNR/SSIM of the filled region (masked metrics on GT-composited results) for the inpainting model
+   (DDIM, 50 steps, η 0, one sample; and the mean of ``--samples`` samples), and two baselines:
+   the mean colour of the known pixels, and a blurred fill (normalised convolution from the known pixels
+   at the smallest Gaussian scale that reaches each unknown pixel).
+3. Sampling time for one image with 50 DDIM steps (median of 3), and the UNet's per-step time.
+
+    python benchmarks/diffusion.py --objects data/fewview-objects
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fewview.checkpoint import environment_info
+from fewview.diffusion.masks import inverse_warp, pixel_grid
+from fewview.metrics.image import psnr, ssim
+from fewview.train import ObjectsSource, from_pretrained
+from fewview.train.pretrained import resolve_model_dir
+
+
+def mean_fill(img: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
+    known = 1 - unknown
+    mean = (img * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp_min(1)
+    return img * known + mean * unknown
+
+
+def blurred_fill(img: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
+    """Each unknown pixel: the Gaussian-weighted mean of the known pixels at the smallest σ (1, 2, 4, ...)
+    whose window holds enough known weight."""
+    known = 1 - unknown
+    out = mean_fill(img, unknown)
+    done = known.bool()
+    for sigma in (1, 2, 4, 8, 16, 32):
+        r = min(3 * sigma, img.shape[-1] - 1)
+        x = torch.arange(-r, r + 1, dtype=img.dtype)
+        g = torch.exp(-(x**2) / (2 * sigma**2))
+        g = g / g.sum()
+
+        def blur(t: torch.Tensor, g=g, r=r) -> torch.Tensor:
+            c = t.shape[1]
+            t = F.conv2d(t, g.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
+            return F.conv2d(t, g.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
+
+        den = blur(known)
+        est = blur(img * known) / den.clamp_min(1e-8)
+        take = (~done) & (den > 0.05)
+        out = torch.where(take, est, out)
+        done = done | take
+    return out
+
+
+def region_metrics(filled: torch.Tensor, gt: torch.Tensor, unknown: torch.Tensor) -> dict:
+    comp = gt * (1 - unknown) + filled * unknown
+    return {"psnr": psnr(comp, gt, unknown).tolist(), "ssim": ssim(comp, gt, unknown).tolist()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--objects", default="data/fewview-objects", help="fewview-objects folder (test split)")
+    ap.add_argument("--vae", default="vae64", help="pretrained VAE folder or shipped name")
+    ap.add_argument("--inpaint", default="inpaint64", help="pretrained inpainting model folder or shipped name")
+    ap.add_argument("--vae-objects", type=int, default=100)
+    ap.add_argument("--inpaint-objects", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    ap.add_argument("--samples", type=int, default=4, help="samples averaged for the 'mean of samples' row")
+    ap.add_argument("--out", default="bench-out/diffusion")
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+    record: dict = {"objects": str(args.objects), "threads": torch.get_num_threads()}
+
+    # 1. VAE reconstruction
+    vae = from_pretrained(resolve_model_dir(args.vae))
+    src = ObjectsSource(args.objects, "test", args.vae_objects)
+    ps, ss = [], []
+    with torch.no_grad():
+        for s in range(len(src)):
+            img, msk, _ = src.views(s, list(range(0, src.num_views(s), 4)))
+            x = img * msk + (1 - msk)
+            rec = vae.reconstruct(x)
+            ps += psnr(rec, x).tolist()
+            ss += ssim(rec, x).tolist()
+    record["vae"] = {"model": str(args.vae), "objects": len(src), "images": len(ps), "psnr": float(np.mean(ps)),
+                     "ssim": float(np.mean(ss)), "psnr_p10": float(np.percentile(ps, 10)),
+                     "scale_factor": float(vae.scale_factor), "resolution": src.res}  # fmt: skip
+    v = record["vae"]
+    print(f"VAE {src.res}²: PSNR {v['psnr']:.2f} dB (10th percentile {v['psnr_p10']:.2f}), SSIM {v['ssim']:.4f} "
+          f"on {v['images']} held-out views; latent scale {v['scale_factor']:.4f}", flush=True)  # fmt: skip
+
+    # 2. Inpainting
+    model = from_pretrained(resolve_model_dir(args.inpaint))
+    src = ObjectsSource(args.objects, "test", args.inpaint_objects, depth=True)
+    imgs, unknown = {"half": [], "warp": []}, {"half": [], "warp": []}
+    for s in range(len(src)):
+        oi = src.ids[s]
+        q, c = torch.randperm(src.num_views(s), generator=torch.Generator().manual_seed(oi))[:2].tolist()
+        img, msk, cams = src.views(s, [q, c])
+        x = img * msk + (1 - msk)
+        d = src.depths(s, [q, c])
+        c2w, K = cams.c2w.float(), cams.K.float()
+        _, valid = inverse_warp(d[:1], c2w[:1], K[:1], x[1:], d[1:], c2w[1:], K[1:])
+        u, v = pixel_grid(*x.shape[-2:])
+        half = torch.stack([u < u.max() / 2, u > u.max() / 2, v < v.max() / 2, v > v.max() / 2])[oi % 4]
+        half = half.float()[None, None]
+        for kind, m in (("half", half), ("warp", (~valid).float())):
+            imgs[kind].append(x[:1])
+            unknown[kind].append(m)
+    rows = {}
+    for kind in ("half", "warp"):
+        gt, m = torch.cat(imgs[kind]), torch.cat(unknown[kind])
+        res = {"mean colour": region_metrics(mean_fill(gt, m), gt, m),
+               "blurred fill": region_metrics(blurred_fill(gt, m), gt, m)}  # fmt: skip
+        samples = []
+        for k in range(args.samples):
+            g = torch.Generator().manual_seed(k)
+            samples.append(model.inpaint(gt, m, steps=args.steps, generator=g))
+        res["inpaint (1 sample)"] = region_metrics(samples[0], gt, m)
+        res[f"inpaint (mean of {args.samples})"] = region_metrics(torch.stack(samples).mean(0), gt, m)
+        rows[kind] = {name: {"psnr": float(np.mean(r["psnr"])), "ssim": float(np.mean(r["ssim"])), "per_image": r}
+                      for name, r in res.items()}  # fmt: skip
+        rows[kind]["unknown_fraction"] = float(m.mean())
+        for name, r in rows[kind].items():
+            if isinstance(r, dict):
+                print(f"inpaint {kind:4s} mask  {name:20s} PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.4f}", flush=True)
+    record["inpaint"] = {"model": str(args.inpaint), "objects": len(src), "steps": args.steps, "masks": rows}
+
+    # 3. Sampling time
+    x, m = torch.cat(imgs["half"])[:1], torch.cat(unknown["half"])[:1]
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        model.inpaint(x, m, steps=50, generator=torch.Generator().manual_seed(0))
+        times.append(time.perf_counter() - t)
+    z = torch.randn(1, model.config.latent_channels, model.config.latent_size, model.config.latent_size)
+    cond = {"concat": torch.randn(1, model.concat_channels, *z.shape[-2:])}
+    with torch.no_grad():
+        model.denoise(z, 500, **cond)
+        t = time.perf_counter()
+        for _ in range(20):
+            model.denoise(z, 500, **cond)
+        step = (time.perf_counter() - t) / 20
+    record["timing"] = {"ddim50_seconds_per_image": statistics.median(times), "unet_step_seconds": step,
+                        "unet_parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+    print(f"sampling: {statistics.median(times):.2f} s per image for 50 DDIM steps (UNet step {step * 1e3:.1f} ms, "
+          f"{torch.get_num_threads()} threads)", flush=True)  # fmt: skip
+    record.update(wall_seconds=time.perf_counter() - t_start, env=environment_info(),
+                  command=" ".join(["python", *sys.argv]))  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "diffusion.json").write_text(json.dumps(record, indent=1))
+    print(f"wrote {out / 'diffusion.json'}; reproduce: {record['command']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

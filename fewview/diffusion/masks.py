@@ -1,0 +1,115 @@
+"""Inpainting masks (1 = unknown, to be generated): half-image, random boxes, and the depth-warping masks
+IPSM derives by inverse-warping a seen view into a pseudo view."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def pixel_grid(h: int, w: int, device=None) -> tuple[Tensor, Tensor]:
+    """Pixel-centre coordinates (u, v), each (H, W), in fewview's convention (centres at +0.5)."""
+    v, u = torch.meshgrid(torch.arange(h, device=device) + 0.5, torch.arange(w, device=device) + 0.5, indexing="ij")
+    return u, v
+
+
+def inverse_warp(target_depth: Tensor, target_c2w: Tensor, target_K: Tensor, source_image: Tensor,
+                 source_depth: Tensor, source_c2w: Tensor, source_K: Tensor,
+                 rel_tol: float = 0.05) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Warp ``source_image`` into the target view through the target's depth (IPSM's inline prior).
+
+    Each target pixel with depth > 0 is back-projected, projected into the source (OpenCV cameras, z-depth)
+    and reads the source pixel it lands in. It is valid when it lands inside the source image on a surface
+    whose depth agrees within ``rel_tol`` (relative), i.e. the point is seen by the source view.
+    Shapes: depths (B,1,H,W), images (B,C,Hs,Ws), c2w (B,4,4), K (B,3,3). Returns (warped (B,C,H,W), valid).
+    """
+    b, _, h, w = target_depth.shape
+    hs, ws = source_image.shape[-2:]
+    dt = target_depth[:, 0].to(torch.float64)
+    u, v = pixel_grid(h, w, dt.device)
+    pix = torch.stack([u, v, torch.ones_like(u)], -1).to(torch.float64)  # (H,W,3)
+    rays = torch.einsum("bij,hwj->bhwi", torch.linalg.inv(target_K.double()), pix)
+    pts = rays * dt[..., None]
+    world = (
+        torch.einsum("bij,bhwj->bhwi", target_c2w[:, :3, :3].double(), pts) + target_c2w[:, None, None, :3, 3].double()
+    )
+    w2c = torch.linalg.inv(source_c2w.double())
+    cam = torch.einsum("bij,bhwj->bhwi", w2c[:, :3, :3], world) + w2c[:, None, None, :3, 3]
+    z = cam[..., 2]
+    proj = torch.einsum("bij,bhwj->bhwi", source_K.double(), cam)
+    us, vs = proj[..., 0] / z.clamp_min(1e-9), proj[..., 1] / z.clamp_min(1e-9)
+    iu, iv = torch.floor(us).long(), torch.floor(vs).long()
+    inside = (dt > 0) & (z > 1e-6) & (iu >= 0) & (iu < ws) & (iv >= 0) & (iv < hs)
+    iu, iv = iu.clamp(0, ws - 1), iv.clamp(0, hs - 1)
+    flat = (iv * ws + iu).reshape(b, 1, h * w)
+    ds = source_depth.reshape(b, 1, -1).double().gather(2, flat).reshape(b, h, w)
+    valid = inside & (ds > 0) & ((z - ds).abs() < rel_tol * z)
+    img = source_image.reshape(b, source_image.shape[1], -1)
+    warped = img.gather(2, flat.expand(-1, img.shape[1], -1)).reshape(b, -1, h, w)
+    valid = valid[:, None]
+    return warped * valid.to(warped.dtype), valid
+
+
+def half_mask(b: int, h: int, w: int, generator: torch.Generator | None = None) -> Tensor:
+    """One random half (left, right, top or bottom) unknown per item."""
+    side = torch.randint(0, 4, (b,), generator=generator)
+    u, v = pixel_grid(h, w)
+    halves = torch.stack([u < w / 2, u >= w / 2, v < h / 2, v >= h / 2])  # (4,H,W)
+    return halves[side][:, None].float()
+
+
+def box_mask(b: int, h: int, w: int, generator: torch.Generator | None = None, boxes: int = 3) -> Tensor:
+    """The union of 1..``boxes`` random boxes, each 20-60 % of the image side."""
+    m = torch.zeros(b, 1, h, w)
+    n = torch.randint(1, boxes + 1, (b,), generator=generator)
+    r = torch.rand(b, boxes, 4, generator=generator)
+    for i in range(b):
+        for k in range(int(n[i])):
+            bh, bw = int(h * (0.2 + 0.4 * r[i, k, 0])), int(w * (0.2 + 0.4 * r[i, k, 1]))
+            y0, x0 = int((h - bh) * r[i, k, 2]), int((w - bw) * r[i, k, 3])
+            m[i, :, y0 : y0 + bh, x0 : x0 + bw] = 1
+    return m
+
+
+def warp_mask(batch, background_known: Tensor | None = None, rel_tol: float = 0.05) -> Tensor:
+    """IPSM-style masks for a training batch with depth: the query pixels that context view 0 does not see.
+    The query's background is unknown too (a pseudo view's empty pixels have no warped colour either), except
+    for the items flagged in ``background_known`` (B,) bool."""
+    if batch.query_depth is None or batch.context_depth is None:
+        raise ValueError("warp masks need depth maps: open the source with depth=True")
+    _, valid = inverse_warp(batch.query_depth, batch.query_c2w, batch.query_K, batch.context[:, 0],
+                            batch.context_depth[:, 0], batch.context_c2w[:, 0], batch.context_K[:, 0])  # fmt: skip
+    unknown = (~valid).float()
+    bg = (batch.query_depth <= 0).float()
+    if background_known is None:
+        return unknown
+    keep_bg = background_known.to(unknown).reshape(-1, 1, 1, 1)
+    return unknown * (1 - bg * keep_bg)
+
+
+MASK_KINDS = ("warp", "half", "box", "full")
+
+
+def training_masks(batch, probs: tuple[float, ...], generators: list[torch.Generator],
+                   background_unknown: float = 0.7) -> Tensor:  # fmt: skip
+    """Per item, a mask of kind warp / half / box / full drawn with probabilities ``probs`` (B,1,H,W). Each item
+    draws from its own generator, the same draws whatever the other items are. Warp masks leave the query's
+    background unknown with probability ``background_unknown``."""
+    b, _, h, w = batch.query.shape
+    p = torch.tensor(probs, dtype=torch.float64)
+    draws = [(int(torch.multinomial(p / p.sum(), 1, generator=g)), float(torch.rand(1, generator=g)))
+             for g in generators]  # fmt: skip
+    kinds = [k for k, _ in draws]
+    known_bg = torch.tensor([c >= background_unknown for _, c in draws])
+    warp = warp_mask(batch, known_bg).cpu() if 0 in kinds else None
+    out = []
+    for i, (k, g) in enumerate(zip(kinds, generators, strict=True)):
+        if k == 0:
+            out.append(warp[i : i + 1])
+        elif k == 1:
+            out.append(half_mask(1, h, w, g))
+        elif k == 2:
+            out.append(box_mask(1, h, w, g))
+        else:
+            out.append(torch.ones(1, 1, h, w))
+    return torch.cat(out).to(batch.query.device)

@@ -1,0 +1,373 @@
+"""Diffusion core: schedule conversions, samplers against diffusers' schedulers and exact-ε round trips,
+the multi-step denoiser's step count, CFG, SDS gradients, inverse-warp masks, VAE/LDM save-load round trips
+and smoke training (single process, resume, DDP) with tiny configs."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fewview.cameras import camera_rays
+from fewview.cli import main
+from fewview.diffusion import (
+    ImageVAE,
+    InpaintConfig,
+    InpaintingLDM,
+    LatentDiffusion,
+    LDMConfig,
+    NoiseSchedule,
+    VAEConfig,
+    box_mask,
+    half_mask,
+    inverse_warp,
+    multistep_denoise,
+    multistep_steps,
+    sample_grid,
+    sds_loss,
+    sds_residual,
+    training_masks,
+)
+from fewview.objects.builder import ObjectsConfig, build
+from fewview.train import DistInfo, ObjectsSource, TrainConfig, Trainer, from_pretrained, sample_batch, save_pretrained
+
+from .helpers import SPHERE_CENTER, SPHERE_RADIUS, free_port, make_cams
+
+TINY_VAE = VAEConfig(image_size=24, block_out_channels=(8, 16), norm_num_groups=4)
+TINY_UNET = dict(latent_size=12, block_out_channels=(16, 32), attention=(0, 1), norm_num_groups=8,
+                 attention_head_dim=8, context_dim=16)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def objects_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("objects")
+    build(ObjectsConfig(objects=10, views=6, res=24, shard_size=4), root, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_pretrained(ImageVAE(TINY_VAE), tmp_path_factory.mktemp("vae") / "vae")
+
+
+def oracle(schedule: NoiseSchedule, x0: torch.Tensor):
+    """The exact denoiser for a point mass at x0, in the schedule's parameterisation."""
+
+    def fn(x_t, t):
+        a = schedule.alpha_bar(t, x_t)
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        if schedule.prediction_type == "epsilon":
+            return eps
+        if schedule.prediction_type == "sample":
+            return x0.expand_as(x_t)
+        return a.sqrt() * eps - (1 - a).sqrt() * x0
+
+    return fn
+
+
+def smooth_denoiser(x, t):
+    return 0.4 * x + 0.001 * t * torch.sin(x)
+
+
+# ------------------------------------------------------------------------------------------ schedule
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction", "sample"])
+def test_targets_convert_back_to_noise_and_clean_sample(pred):
+    s = NoiseSchedule(prediction_type=pred)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(5, 4, 6, 6, generator=g), torch.randn(5, 4, 6, 6, generator=g)
+    t = torch.tensor([0, 10, 400, 850, 999])
+    x_t = s.add_noise(x0, noise, t)
+    a = s.alpha_bar(t, x0)
+    torch.testing.assert_close(x_t, a.sqrt() * x0 + (1 - a).sqrt() * noise)
+    eps, x0_hat = s.eps_x0(s.target(x0, noise, t), x_t, t)
+    torch.testing.assert_close(eps, noise, atol=2e-3 if pred == "sample" else 1e-5, rtol=1e-4)
+    torch.testing.assert_close(x0_hat, x0, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("method", ["ddim", "plms"])
+def test_noising_then_exact_denoising_recovers_x0(pred, method):
+    s = NoiseSchedule(prediction_type=pred)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(2, 4, 5, 5, generator=g, dtype=torch.float64)
+    # from pure noise on diffusers' grid, and from a partly noised latent on a partial grid
+    out, _ = sample_grid(oracle(s, x0), torch.randn(x0.shape, generator=g, dtype=torch.float64), s.grid(20), s, method)
+    torch.testing.assert_close(out, x0, atol=1e-8, rtol=0)
+    x_t = s.add_noise(x0, torch.randn(x0.shape, generator=g, dtype=torch.float64), torch.tensor([613, 613]))
+    out, _ = sample_grid(oracle(s, x0), x_t, s.partial_grid(613, 7), s, method)
+    torch.testing.assert_close(out, x0, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_ddim_matches_diffusers_ddim_scheduler(eta):
+    s = NoiseSchedule()
+    g = torch.Generator().manual_seed(2)
+    x_T = torch.randn(2, 4, 6, 6, generator=g)
+    ours, calls = sample_grid(smooth_denoiser, x_T, s.grid(25), s, "ddim", eta, torch.Generator().manual_seed(9))
+    assert calls == 25
+    ref = s.diffusers_scheduler("ddim")
+    ref.set_timesteps(25)
+    gn, x = torch.Generator().manual_seed(9), x_T.clone()
+    for t in ref.timesteps:
+        noise = torch.randn(x.shape, generator=gn) if eta > 0 else None
+        x = ref.step(smooth_denoiser(x, int(t)), t, x, eta=eta, variance_noise=noise).prev_sample
+    torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 12])
+def test_plms_matches_diffusers_pndm_scheduler(steps):
+    s = NoiseSchedule()
+    x_T = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(3))
+    ours, calls = sample_grid(smooth_denoiser, x_T, s.grid(steps), s, "plms")
+    ref = s.diffusers_scheduler("plms")
+    ref.set_timesteps(steps)
+    x = x_T.clone()
+    for t in ref.timesteps:
+        x = ref.step(smooth_denoiser(x, int(t)), t, x).prev_sample
+    assert calls == len(ref.timesteps)  # PNDM evaluates the first step twice
+    torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+
+
+def test_sampler_rejects_bad_grids():
+    s = NoiseSchedule()
+    with pytest.raises(ValueError, match="ends at -1"):
+        sample_grid(smooth_denoiser, torch.zeros(1, 1, 2, 2), [500, 200], s)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample_grid(smooth_denoiser, torch.zeros(1, 1, 2, 2), [5, -1], s, "euler")
+
+
+@pytest.mark.parametrize("t", [0.005, 0.05, 0.237, 0.5, 0.99])
+@pytest.mark.parametrize("method", ["ddim", "plms"])
+def test_multistep_denoise_step_count(t, method):
+    s = NoiseSchedule()
+    x0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    calls = []
+
+    def fn(x, tt):
+        calls.append(tt)
+        return oracle(s, x0)(x, tt)
+
+    out, info = multistep_denoise(fn, x0, t, s, method=method, generator=torch.Generator().manual_seed(5))
+    n = max(min(math.floor(100 * t), 50), 1)
+    assert multistep_steps(t) == n and info["steps"] == n
+    assert info["t_index"] == min(int(t * 1000), 999) and calls[0] == info["t_index"]
+    assert len(calls) == n + (1 if method == "plms" and n > 1 else 0)
+    torch.testing.assert_close(out, x0, atol=1e-8, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ SDS
+
+
+def test_sds_residual_weights_and_loss_gradient():
+    s = NoiseSchedule()
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(2, 4, 5, 5, generator=g)
+    noise = torch.randn(z.shape, generator=g)
+    delta = torch.randn(z.shape, generator=g)
+    t = 700
+    fn = lambda x, tt: oracle(s, z)(x, tt) + delta  # noqa: E731  (exact ε plus a known error)
+    a = s.alpha_bar(t, z)
+    torch.testing.assert_close(sds_residual(fn, z, t, s, noise, "sds"), (1 - a) * delta, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sds_residual(fn, z, t, s, noise, "ipsm"), a * delta, atol=1e-4, rtol=1e-4)
+    assert float(sds_residual(oracle(s, z), z, t, s, noise).abs().max()) < 1e-4
+    res = sds_residual(fn, z, t, s, noise)
+    zz = z.clone().requires_grad_(True)
+    sds_loss(zz, res).backward()
+    torch.testing.assert_close(zz.grad, res)
+    zz.grad = None
+    sds_loss(zz, res, "mean").backward()
+    torch.testing.assert_close(zz.grad, res / res.numel())
+
+
+# ------------------------------------------------------------------------------------------ masks
+
+
+def test_inverse_warp_identity_and_sphere_visibility():
+    cams = make_cams(n=6, h=20, w=24)
+    rays = camera_rays(cams, dtype=torch.float64)
+    oc = rays.origins - SPHERE_CENTER
+    b = (oc * rays.directions).sum(-1)
+    disc = b * b - ((oc * oc).sum(-1) - SPHERE_RADIUS**2)
+    hit = disc > 0
+    t_hit = torch.where(hit, -b - disc.clamp_min(0).sqrt(), torch.zeros_like(b))
+    pts = rays.origins + t_hit[..., None] * rays.directions  # (B,H,W,3)
+    fwd = cams.c2w[:, None, None, :3, 2].double()
+    depth = torch.where(hit, ((pts - rays.origins) * fwd).sum(-1), torch.zeros_like(b))[:, None].float()
+    image = pts.permute(0, 3, 1, 2).float() * hit[:, None]  # colour = world position of the surface
+    c2w, K = cams.c2w.float(), cams.K.float()
+
+    warped, valid = inverse_warp(depth[:1], c2w[:1], K[:1], image[:1], depth[:1], c2w[:1], K[:1])
+    assert torch.equal(valid, depth[:1] > 0) and torch.equal(warped, image[:1])
+
+    warped, valid = inverse_warp(depth[1:2], c2w[1:2], K[1:2], image[:1], depth[:1], c2w[:1], K[:1])
+    # a target surface point is seen by the source camera iff it faces it (convex sphere)
+    normal = pts[1] - SPHERE_CENTER
+    to_cam = cams.c2w[0, :3, 3].double() - pts[1]
+    cos = (to_cam * normal).sum(-1) / (to_cam.norm(dim=-1) * normal.norm(dim=-1)).clamp_min(1e-9)
+    v = valid[0, 0]
+    assert bool(v.any()) and not bool((v & ~hit[1]).any())
+    faces = hit[1] & (cos > 0.3)
+    assert float((v & faces).sum()) / float(faces.sum()) > 0.9  # clearly visible points warp
+    assert not bool((v & (cos < -0.25)).any())  # hidden points never do (grazing ones pass the depth tolerance)
+    # where valid, the warped world positions agree with the target's to within a source pixel's footprint
+    err = (warped[0] - image[1]).norm(dim=0)[v]
+    assert float(err.max()) < 0.25
+
+
+def test_half_box_and_training_masks(objects_root):
+    g = torch.Generator().manual_seed(0)
+    m = half_mask(8, 10, 12, g)
+    assert m.shape == (8, 1, 10, 12) and torch.all(m.mean((1, 2, 3)) == 0.5)
+    bm = box_mask(8, 20, 20, g)
+    assert bool((bm.mean((1, 2, 3)) > 0).all()) and bool((bm.mean((1, 2, 3)) < 1).all())
+    src = ObjectsSource(objects_root, "train", depth=True)
+    batch = sample_batch(src, 0, 0, 6, (1, 1), 1, 1)
+    assert batch.query_depth.shape == (6, 1, 24, 24) and batch.context_depth.shape == (6, 1, 1, 24, 24)
+    warp = training_masks(batch, (1, 0, 0, 0), batch.item_generators())
+    assert set(warp.unique().tolist()) <= {0.0, 1.0} and 0 < float(warp.mean()) < 1
+    again = training_masks(batch, (1, 1, 1, 1), batch.item_generators())
+    assert torch.equal(again, training_masks(batch, (1, 1, 1, 1), batch.item_generators()))
+    halves = [sample_batch(src, 0, 0, 6, (1, 1), 1, 1, rank=r, world=2) for r in range(2)]
+    split = [training_masks(h, (1, 1, 1, 1), h.item_generators()) for h in halves]
+    assert torch.equal(torch.cat(split), again)  # an item's mask does not depend on the rest of the batch
+    full = training_masks(batch, (0, 0, 0, 1), batch.item_generators())
+    assert bool((full == 1).all())
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def test_vae_shapes_scale_calibration_and_diffusers_wrapping(objects_root, tmp_path):
+    torch.manual_seed(0)
+    vae = ImageVAE(TINY_VAE).eval()
+    x = torch.rand(3, 3, 24, 24)
+    assert vae.encode(x).shape == (3, 4, 12, 12) and vae.decode(vae.encode(x)).shape == x.shape
+    big = ImageVAE(VAEConfig(image_size=128, block_out_channels=(8, 16, 16), norm_num_groups=4))
+    assert big.encode(torch.rand(1, 3, 128, 128)).shape == (1, 4, 32, 32)  # the 128² variant: 32²×4 latents
+    scale = vae.calibrate(ObjectsSource(objects_root, "train"), n=64)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(sample_batch(ObjectsSource(objects_root, "train"), 0, s, 32, (1, 1), 1, 1).query)
+                   for s in range(0, 64, 32)])  # fmt: skip
+    assert abs(float(z.detach().std()) - 1) < 0.05 and scale > 0
+    vae.autoencoder.save_pretrained(str(tmp_path / "sd_vae"))  # a diffusers folder, like Stable Diffusion's vae/
+    wrapped = ImageVAE.from_diffusers(tmp_path / "sd_vae", scale_factor=0.5)
+    torch.testing.assert_close(wrapped.decode(wrapped.encode(x)), vae.decode(vae.encode(x)))
+    assert float(wrapped.scale_factor) == 0.5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_save_load_round_trips(vae_dir, tmp_path, dtype):
+    torch.manual_seed(1)
+    ldm = InpaintingLDM(InpaintConfig(vae=str(vae_dir), **TINY_UNET)).eval()
+    save_pretrained(ldm, tmp_path / "ldm", dtype=dtype)
+    back = from_pretrained(tmp_path / "ldm")
+    assert type(back) is InpaintingLDM and back.config == ldm.config
+    x, tt = torch.randn(2, 4, 12, 12), torch.tensor([3, 900])
+    cond = {"concat": torch.randn(2, 5, 12, 12)}
+    tol = 0 if dtype == "float32" else 2e-2
+    torch.testing.assert_close(back.denoise(x, tt, **cond), ldm.denoise(x, tt, **cond), atol=tol, rtol=tol)
+    files = load_file(tmp_path / "ldm" / "model.safetensors")
+    assert not any(k.startswith("_vae") or "autoencoder" in k for k in files)  # the frozen VAE is not copied
+    vae = from_pretrained(vae_dir)
+    assert torch.equal(vae.scale_factor, ImageVAE(TINY_VAE).scale_factor) and type(vae) is ImageVAE
+
+
+def test_classifier_free_guidance(vae_dir):
+    torch.manual_seed(2)
+    ldm = LatentDiffusion(LDMConfig(task="view", vae=str(vae_dir), **TINY_UNET)).eval()
+    with torch.no_grad():
+        ldm.null_context.normal_()
+        x, t = torch.randn(2, 4, 12, 12), torch.tensor([50, 600])
+        cond = {"concat": torch.randn(2, 4, 12, 12), "context": torch.randn(2, 1, 16)}
+        c = ldm.denoise(x, t, **cond)
+        u = ldm.denoise(x, t, **ldm.null_condition(cond))
+        assert torch.equal(ldm.predict(x, t, cond, guidance=1.0), c)
+        torch.testing.assert_close(ldm.predict(x, t, cond, guidance=3.0), u + 3 * (c - u), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ldm.predict(x, t, cond, guidance=0.0), u, atol=1e-5, rtol=1e-5)
+        assert float((c - u).abs().max()) > 1e-3  # the condition matters
+
+
+def tiny_train_cfg(root, **kw):
+    base = dict(data=str(root), steps=2, batch_size=2, rays=8, checkpoint_every=2, eval_every=2, warmup=1,
+                context_min=1, context_max=1, device="cpu")  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("task", ["inpaint", "view", "unconditional"])
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction", "sample"])
+def test_two_step_smoke_training(objects_root, vae_dir, tmp_path, task, pred):
+    torch.manual_seed(3)
+    cls, ccls = (InpaintingLDM, InpaintConfig) if task == "inpaint" else (LatentDiffusion, LDMConfig)
+    model = cls(ccls(task=task, vae=str(vae_dir), prediction=pred, eval_steps=2, **TINY_UNET))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    src = ObjectsSource(objects_root, "train", depth=model.needs_depth)
+    ema = Trainer(model, tiny_train_cfg(objects_root), src, tmp_path / "run", DistInfo()).run(progress=False)
+    hist = json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())["history"]
+    assert hist and all(math.isfinite(h["loss"]) for h in hist)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert (tmp_path / "run" / "eval" / "step_000002.png").is_file()
+    back = from_pretrained(tmp_path / "run" / "pretrained")
+    for k, v in ema.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[k], v.cpu())
+    if task == "inpaint":
+        img = torch.rand(1, 3, 24, 24)
+        out = back.inpaint(img, half_mask(1, 24, 24), steps=2)
+        assert out.shape == img.shape and bool(torch.isfinite(out).all())
+
+
+def test_vae_trains_and_calibrates_its_scale(objects_root, tmp_path):
+    torch.manual_seed(4)
+    cfg = tiny_train_cfg(objects_root, steps=3, lr=1e-3)
+    Trainer(ImageVAE(TINY_VAE), cfg, ObjectsSource(objects_root, "train"), tmp_path / "vae", DistInfo()).run(
+        progress=False
+    )
+    back = from_pretrained(tmp_path / "vae" / "pretrained")
+    assert float(back.scale_factor) != 1.0  # set from data at the end of training
+    assert (tmp_path / "vae" / "eval" / "step_000002.png").is_file()
+
+
+def test_resume_gives_the_same_weights(objects_root, vae_dir, tmp_path):
+    cfg = tiny_train_cfg(objects_root, steps=4, eval_every=0)
+    src = ObjectsSource(objects_root, "train", depth=True)
+    mk = lambda: InpaintingLDM(InpaintConfig(vae=str(vae_dir), **TINY_UNET))  # noqa: E731
+    torch.manual_seed(5)
+    full = Trainer(mk(), cfg, src, tmp_path / "full", DistInfo()).run(progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(tr):
+        if tr.step == 3:
+            raise Killed
+
+    torch.manual_seed(5)
+    with pytest.raises(Killed):
+        Trainer(mk(), cfg, src, tmp_path / "resumed", DistInfo()).run(progress=False, callback=kill)
+    torch.manual_seed(77)
+    resumed = Trainer(mk(), cfg, src, tmp_path / "resumed", DistInfo()).run(progress=False)
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-6, rtol=0)
+
+
+def test_ddp_two_processes_match_one_process(objects_root, vae_dir, tmp_path):
+    args = ["train", "inpaint", "--data", str(objects_root), "--steps", "2", "--batch-size", "4", "--rays", "8",
+            "--context-min", "1", "--context-max", "1", "--checkpoint-every", "2", "--eval-every", "0",
+            "--device", "cpu", "--quiet", "--model-vae", str(vae_dir), "--model-latent-size", "12",
+            "--model-block-out-channels", "16", "32", "--model-attention", "0", "1", "--model-norm-num-groups", "8",
+            "--model-attention-head-dim", "8"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "fewview", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a = load_file(tmp_path / "one" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "checkpoint" / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
