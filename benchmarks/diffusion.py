@@ -27,44 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fewview.checkpoint import environment_info
-from fewview.diffusion.masks import inverse_warp, pixel_grid
+from fewview.diffusion.masks import blurred_fill, inverse_warp, mean_fill, pixel_grid
 from fewview.metrics.image import psnr, ssim
 from fewview.train import ObjectsSource, from_pretrained
 from fewview.train.pretrained import resolve_model_dir
-
-
-def mean_fill(img: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
-    known = 1 - unknown
-    mean = (img * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp_min(1)
-    return img * known + mean * unknown
-
-
-def blurred_fill(img: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
-    """Each unknown pixel: the Gaussian-weighted mean of the known pixels at the smallest σ (1, 2, 4, ...)
-    whose window holds enough known weight."""
-    known = 1 - unknown
-    out = mean_fill(img, unknown)
-    done = known.bool()
-    for sigma in (1, 2, 4, 8, 16, 32):
-        r = min(3 * sigma, img.shape[-1] - 1)
-        x = torch.arange(-r, r + 1, dtype=img.dtype)
-        g = torch.exp(-(x**2) / (2 * sigma**2))
-        g = g / g.sum()
-
-        def blur(t: torch.Tensor, g=g, r=r) -> torch.Tensor:
-            c = t.shape[1]
-            t = F.conv2d(t, g.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
-            return F.conv2d(t, g.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
-
-        den = blur(known)
-        est = blur(img * known) / den.clamp_min(1e-8)
-        take = (~done) & (den > 0.05)
-        out = torch.where(take, est, out)
-        done = done | take
-    return out
 
 
 def region_metrics(filled: torch.Tensor, gt: torch.Tensor, unknown: torch.Tensor) -> dict:

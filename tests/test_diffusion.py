@@ -22,9 +22,11 @@ from fewview.diffusion import (
     LDMConfig,
     NoiseSchedule,
     VAEConfig,
+    blurred_fill,
     box_mask,
     half_mask,
     inverse_warp,
+    mean_fill,
     multistep_denoise,
     multistep_steps,
     sample_grid,
@@ -241,6 +243,21 @@ def test_half_box_and_training_masks(objects_root):
     assert bool((full == 1).all())
 
 
+def test_baseline_fills():
+    u = torch.linspace(0, 1, 32)
+    img = torch.stack([u[None, :].expand(32, 32), u[:, None].expand(32, 32), 0.3 + 0 * u[None, :].expand(32, 32)])[None]
+    hole = torch.zeros(1, 1, 32, 32)
+    hole[..., 12:18, 10:16] = 1
+    for fill in (mean_fill, blurred_fill):
+        out = fill(img, hole)
+        assert torch.equal(out * (1 - hole), img * (1 - hole))  # known pixels untouched
+        torch.testing.assert_close(fill(torch.full_like(img, 0.25), hole), torch.full_like(img, 0.25))
+    known = 1 - hole
+    torch.testing.assert_close(mean_fill(img, hole)[0, :, 14, 12], (img * known).sum((2, 3))[0] / known.sum())
+    err = (blurred_fill(img, hole) - img).abs()[hole.expand_as(img).bool()]
+    assert float(err.max()) < 0.1  # a smooth ramp is recovered from nearby pixels (to ~3 pixels of slope)
+
+
 # ------------------------------------------------------------------------------------------ models
 
 
@@ -277,6 +294,18 @@ def test_save_load_round_trips(vae_dir, tmp_path, dtype):
     assert not any(k.startswith("_vae") or "autoencoder" in k for k in files)  # the frozen VAE is not copied
     vae = from_pretrained(vae_dir)
     assert torch.equal(vae.scale_factor, ImageVAE(TINY_VAE).scale_factor) and type(vae) is ImageVAE
+
+
+def test_wrapping_a_diffusers_unet_folder(vae_dir, tmp_path):
+    torch.manual_seed(7)
+    ldm = InpaintingLDM(InpaintConfig(vae=str(vae_dir), **TINY_UNET)).eval()
+    ldm.unet.save_pretrained(str(tmp_path / "unet"))  # a diffusers folder, like SD-Inpainting's unet/
+    wrapped = LatentDiffusion.from_diffusers(tmp_path / "unet", from_pretrained(vae_dir), "inpaint")
+    x, t, cond = torch.randn(2, 4, 12, 12), torch.tensor([1, 999]), {"concat": torch.randn(2, 5, 12, 12)}
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped.predict(x, t, cond, 2.0), ldm.predict(x, t, cond, 2.0))
+    with pytest.raises(ValueError, match="input channels"):
+        LatentDiffusion.from_diffusers(tmp_path / "unet", from_pretrained(vae_dir), "view")
 
 
 def test_classifier_free_guidance(vae_dir):
@@ -331,6 +360,16 @@ def test_vae_trains_and_calibrates_its_scale(objects_root, tmp_path):
     back = from_pretrained(tmp_path / "vae" / "pretrained")
     assert float(back.scale_factor) != 1.0  # set from data at the end of training
     assert (tmp_path / "vae" / "eval" / "step_000002.png").is_file()
+    # fine-tuning starts from those weights (e.g. the 128² variant from the 64² VAE)
+    cfg0 = tiny_train_cfg(objects_root, steps=0, init=str(tmp_path / "vae" / "pretrained"))
+    tuned = Trainer(ImageVAE(TINY_VAE), cfg0, ObjectsSource(objects_root, "train"), None, DistInfo()).run(
+        progress=False
+    )
+    for k, v in back.state_dict().items():
+        if k != "scale_factor":
+            torch.testing.assert_close(tuned.state_dict()[k], v)
+    with pytest.raises(ValueError, match="holds a vae model"):
+        Trainer(InpaintingLDM(InpaintConfig(**TINY_UNET)), cfg0, None, None, DistInfo())
 
 
 def test_resume_gives_the_same_weights(objects_root, vae_dir, tmp_path):

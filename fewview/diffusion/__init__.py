@@ -4,7 +4,7 @@ denoiser and score-distillation helpers, and the inpainting prior. diffusers pro
 the noise schedule; it is imported when a model is built."""
 
 from .ldm import InpaintConfig, InpaintingLDM, LatentDiffusion, LDMConfig
-from .masks import box_mask, half_mask, inverse_warp, training_masks, warp_mask
+from .masks import blurred_fill, box_mask, half_mask, inverse_warp, mean_fill, training_masks, warp_mask
 from .samplers import (
     classifier_free_guidance,
     ddim_update,
@@ -26,11 +26,13 @@ __all__ = [
     "LatentDiffusion",
     "NoiseSchedule",
     "VAEConfig",
+    "blurred_fill",
     "box_mask",
     "classifier_free_guidance",
     "ddim_update",
     "half_mask",
     "inverse_warp",
+    "mean_fill",
     "multistep_denoise",
     "multistep_steps",
     "sample",

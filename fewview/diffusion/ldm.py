@@ -54,7 +54,7 @@ class LDMConfig:
 class LatentDiffusion(nn.Module):
     """A denoiser in latent space with its noise schedule and (frozen, unregistered) VAE."""
 
-    def __init__(self, config: LDMConfig | None = None, vae: nn.Module | None = None):
+    def __init__(self, config: LDMConfig | None = None, vae: nn.Module | None = None, unet: nn.Module | None = None):
         super().__init__()
         self.config = c = config or LDMConfig()
         if c.task not in TASKS:
@@ -65,20 +65,21 @@ class LatentDiffusion(nn.Module):
             raise ValueError("give one attention flag per UNet level")
         lc = c.latent_channels
         self.concat_channels = {"inpaint": lc + 1, "view": lc, "unconditional": 0}[c.task]
-        self.uses_context = c.task == "view"
+        self.uses_context = c.task == "view" or (unet is not None and hasattr(unet.config, "cross_attention_dim"))
         kw = dict(sample_size=c.latent_size, in_channels=lc + self.concat_channels, out_channels=lc,
                   block_out_channels=tuple(c.block_out_channels), layers_per_block=c.layers_per_block,
                   norm_num_groups=c.norm_num_groups, attention_head_dim=c.attention_head_dim)  # fmt: skip
-        if self.uses_context:
+        if unet is not None:  # wrapped weights (see from_diffusers)
+            self.unet = unet
+            if self.uses_context:
+                self.null_context = nn.Parameter(torch.zeros(1, 1, c.context_dim))
+        elif self.uses_context:
             from diffusers import UNet2DConditionModel
 
             down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in c.attention)
             up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(c.attention))
             self.unet = UNet2DConditionModel(down_block_types=down, up_block_types=up,
                                              cross_attention_dim=c.context_dim, **kw)  # fmt: skip
-            self.pose_embed = nn.Sequential(
-                nn.Linear(12, c.context_dim), nn.SiLU(), nn.Linear(c.context_dim, c.context_dim)
-            )
             self.null_context = nn.Parameter(torch.zeros(1, 1, c.context_dim))
         else:
             from diffusers import UNet2DModel
@@ -86,8 +87,40 @@ class LatentDiffusion(nn.Module):
             down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in c.attention)
             up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(c.attention))
             self.unet = UNet2DModel(down_block_types=down, up_block_types=up, **kw)
+        if c.task == "view":
+            self.pose_embed = nn.Sequential(
+                nn.Linear(12, c.context_dim), nn.SiLU(), nn.Linear(c.context_dim, c.context_dim)
+            )
         self.schedule = NoiseSchedule(c.num_train_timesteps, c.beta_schedule, prediction_type=c.prediction)
         self._vae = [vae] if vae is not None else []  # a list keeps the frozen VAE out of state_dict and DDP
+
+    @classmethod
+    def from_diffusers(cls, unet_folder: str, vae: nn.Module, task: str, prediction: str = "epsilon",
+                       beta_schedule: str = "scaled_linear", null_context: Tensor | None = None):  # fmt: skip
+        """Wrap a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` folder (e.g. Stable Diffusion-Inpainting's
+        ``unet/`` with task ``inpaint``) and a VAE (:meth:`ImageVAE.from_diffusers`). A cross-attention UNet's
+        unconditional tokens are ``null_context`` (SD: the empty prompt's embedding, (1, 77, 768))."""
+        import json
+        from pathlib import Path
+
+        import diffusers
+
+        meta = json.loads((Path(unet_folder) / "config.json").read_text())
+        unet = getattr(diffusers, meta["_class_name"]).from_pretrained(str(unet_folder))
+        uc = unet.config
+        config = LDMConfig(
+            task=task, vae="", latent_channels=uc.out_channels, latent_size=uc.sample_size,
+            block_out_channels=tuple(uc.block_out_channels), attention=tuple(1 for _ in uc.block_out_channels),
+            layers_per_block=uc.layers_per_block, norm_num_groups=uc.norm_num_groups,
+            context_dim=getattr(uc, "cross_attention_dim", 0) or 0, prediction=prediction,
+            beta_schedule=beta_schedule,
+        )  # fmt: skip
+        model = cls(config, vae=vae, unet=unet)
+        if uc.in_channels != config.latent_channels + model.concat_channels:
+            raise ValueError(f"{unet_folder}: {uc.in_channels} input channels do not fit task {task!r}")
+        if null_context is not None:
+            model.null_context = nn.Parameter(null_context.clone())
+        return model.eval()
 
     @property
     def needs_depth(self) -> bool:

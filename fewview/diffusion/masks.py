@@ -4,6 +4,7 @@ IPSM derives by inverse-warping a seen view into a pseudo view."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -113,3 +114,38 @@ def training_masks(batch, probs: tuple[float, ...], generators: list[torch.Gener
         else:
             out.append(torch.ones(1, 1, h, w))
     return torch.cat(out).to(batch.query.device)
+
+
+# Simple inpainting baselines, against which the inpainting prior is benchmarked.
+
+
+def mean_fill(img: Tensor, unknown: Tensor) -> Tensor:
+    """Baseline fill: the unknown pixels (``unknown`` = 1) take the mean colour of the known ones."""
+    known = 1 - unknown
+    mean = (img * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp_min(1)
+    return img * known + mean * unknown
+
+
+def blurred_fill(img: Tensor, unknown: Tensor) -> Tensor:
+    """Each unknown pixel: the Gaussian-weighted mean of the known pixels at the smallest σ (1, 2, 4, ...)
+    whose window holds enough known weight."""
+    known = 1 - unknown
+    out = mean_fill(img, unknown)
+    done = known.bool()
+    for sigma in (1, 2, 4, 8, 16, 32):
+        r = min(3 * sigma, img.shape[-1] - 1)
+        x = torch.arange(-r, r + 1, dtype=img.dtype)
+        g = torch.exp(-(x**2) / (2 * sigma**2))
+        g = g / g.sum()
+
+        def blur(t: Tensor, g=g, r=r) -> Tensor:
+            c = t.shape[1]
+            t = F.conv2d(t, g.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
+            return F.conv2d(t, g.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
+
+        den = blur(known)
+        est = blur(img * known) / den.clamp_min(1e-8)
+        take = (~done) & (den > 0.05)
+        out = torch.where(take, est, out)
+        done = done | take
+    return out

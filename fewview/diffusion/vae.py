@@ -29,6 +29,10 @@ class VAEConfig:
     norm_num_groups: int = option(default=16, metadata={"help": "GroupNorm groups"})
     mid_attention: bool = option(default=True, metadata={"help": "self-attention in the middle block"})
     kl_weight: float = option(default=1e-6, metadata={"help": "KL weight (Stable Diffusion's VAE: 1e-6)"})
+    init_logvar: float = option(
+        default=-8.0,
+        metadata={"help": "initial posterior log-variance (a unit-variance start buries the latent in noise)"},
+    )
     l2_weight: float = option(default=1.0, metadata={"help": "squared-error weight (the PSNR objective)"})
     l1_weight: float = option(default=1.0, metadata={"help": "L1 weight"})
     lpips_weight: float = option(default=0.0, metadata={"help": "LPIPS perceptual weight (needs LPIPS weights)"})
@@ -52,6 +56,10 @@ class ImageVAE(nn.Module):
                 block_out_channels=tuple(c.block_out_channels), layers_per_block=c.layers_per_block,
                 norm_num_groups=c.norm_num_groups, sample_size=c.image_size, mid_block_add_attention=c.mid_attention,
             )  # fmt: skip
+            lc = c.latent_channels
+            with torch.no_grad():  # the posterior starts nearly deterministic, so the latent carries information
+                autoencoder.quant_conv.weight[lc:].zero_()
+                autoencoder.quant_conv.bias[lc:].fill_(c.init_logvar)
         self.autoencoder = autoencoder
         self.register_buffer("scale_factor", torch.tensor(1.0))
         self._perceptual = None

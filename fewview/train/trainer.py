@@ -30,6 +30,7 @@ class TrainConfig:
     data_format: str = option(default="objects", metadata={"help": "objects | co3d"})
     categories: str = option(default="", metadata={"help": "CO3D categories, comma-separated"})
     limit_scenes: int = option(default=0, metadata={"help": "use only the first N training scenes (0: all)"})
+    init: str = option(default="", metadata={"help": "start from the weights of this pretrained folder (fine-tuning)"})
     steps: int = option(default=2000, metadata={"help": "optimisation steps"})
     batch_size: int = option(default=8, metadata={"help": "scenes per step (global, over all processes)"})
     context_min: int = option(default=2, metadata={"help": "fewest context views per scene"})
@@ -87,6 +88,13 @@ class Trainer:
                  eval_source=None, samples_per_ray: int | None = None):  # fmt: skip
         self.cfg, self.info, self.source, self.eval_source = cfg, info, source, eval_source
         self.out = Path(out) if out is not None else None
+        if cfg.init:  # fine-tuning: same model type, same parameter shapes (a resumed run overrides these)
+            from .pretrained import from_pretrained
+
+            start = from_pretrained(cfg.init)
+            if start.model_name != model.model_name:
+                raise ValueError(f"--init {cfg.init} holds a {start.model_name} model, not {model.model_name}")
+            model.load_state_dict(start.state_dict())
         self.model = model.to(info.device)
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel
