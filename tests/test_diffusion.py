@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -368,6 +369,14 @@ def test_vae_trains_and_calibrates_its_scale(objects_root, tmp_path):
     for k, v in back.state_dict().items():
         if k != "scale_factor":
             torch.testing.assert_close(tuned.state_dict()[k], v)
+    # decoder-only fine-tuning keeps the encoder, hence every latent (and the scale), unchanged
+    cfg2 = tiny_train_cfg(objects_root, steps=2, lr=1e-3, init=str(tmp_path / "vae" / "pretrained"))
+    src = ObjectsSource(objects_root, "train")
+    dec = Trainer(ImageVAE(replace(TINY_VAE, train_encoder=False)), cfg2, src, None, DistInfo()).run(progress=False)
+    for k, v in back.state_dict().items():
+        if k.startswith(("autoencoder.encoder.", "autoencoder.quant_conv.")) or k == "scale_factor":
+            assert torch.equal(dec.state_dict()[k], v), k
+    assert any(not torch.equal(dec.state_dict()[k], v) for k, v in back.state_dict().items() if "decoder" in k)
     with pytest.raises(ValueError, match="holds a vae model"):
         Trainer(InpaintingLDM(InpaintConfig(**TINY_UNET)), cfg0, None, None, DistInfo())
 

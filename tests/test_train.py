@@ -207,3 +207,16 @@ def test_cli_train_and_recon_on_a_protocol(objects_root, tmp_path):
     assert len(list((out / "views").glob("*_rgb.png"))) == 4 and (out / "turntable.mp4").exists()
     assert main(["recon", str(tmp_path / "scene"), "--method", "eft", "--model", model, "--views", "0", "--out",
                  str(out)]) == 2  # fmt: skip
+
+
+def test_resolve_model_dir_prefers_real_folders_then_shipped_names(tmp_path, monkeypatch):
+    from fewview.train.pretrained import resolve_model_dir, shipped_model_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eft").mkdir()
+    (tmp_path / "eft" / "config.json").write_text("{}")  # a run folder, not a pretrained one
+    assert resolve_model_dir("eft") == shipped_model_dir("eft")
+    folder = save_pretrained(PixelNeRF(TINY_MODEL), tmp_path / "mine")
+    assert resolve_model_dir(folder) == folder
+    with pytest.raises(FileNotFoundError, match="neither"):
+        resolve_model_dir("no-such-model")

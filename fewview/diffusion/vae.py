@@ -28,10 +28,15 @@ class VAEConfig:
     layers_per_block: int = option(default=1, metadata={"help": "resnet blocks per level"})
     norm_num_groups: int = option(default=16, metadata={"help": "GroupNorm groups"})
     mid_attention: bool = option(default=True, metadata={"help": "self-attention in the middle block"})
-    kl_weight: float = option(default=1e-6, metadata={"help": "KL weight (Stable Diffusion's VAE: 1e-6)"})
+    kl_weight: float = option(
+        default=1e-6, metadata={"help": "KL weight against the per-image summed squared error (Stable Diffusion: 1e-6)"}
+    )
     init_logvar: float = option(
         default=-8.0,
         metadata={"help": "initial posterior log-variance (a unit-variance start buries the latent in noise)"},
+    )
+    train_encoder: bool = option(
+        default=True, metadata={"help": "train the encoder too; off: decoder-only fine-tuning, the latents stay fixed"}
     )
     l2_weight: float = option(default=1.0, metadata={"help": "squared-error weight (the PSNR objective)"})
     l1_weight: float = option(default=1.0, metadata={"help": "L1 weight"})
@@ -61,6 +66,11 @@ class ImageVAE(nn.Module):
                 autoencoder.quant_conv.weight[lc:].zero_()
                 autoencoder.quant_conv.bias[lc:].fill_(c.init_logvar)
         self.autoencoder = autoencoder
+        if (
+            not c.train_encoder
+        ):  # Stable Diffusion's ft-MSE decoders were made this way: models on the latents stay valid
+            for m in (autoencoder.encoder, autoencoder.quant_conv):
+                m.requires_grad_(False)
         self.register_buffer("scale_factor", torch.tensor(1.0))
         self._perceptual = None
         if c.lpips_weight > 0:
@@ -110,9 +120,12 @@ class ImageVAE(nn.Module):
         dist = self.posterior(x)
         gens = batch.item_generators() if batch.item_seeds is not None else [None] * x.shape[0]
         eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens]).to(dist.mean)
-        y = (self.autoencoder.decode(dist.mean + dist.std * eps).sample + 1) / 2
+        z = dist.mean + dist.std * eps if c.train_encoder else dist.mode()
+        y = (self.autoencoder.decode(z).sample + 1) / 2
         l2, l1, kl = F.mse_loss(y, x), (y - x).abs().mean(), dist.kl().mean()
-        loss = c.l2_weight * l2 + c.l1_weight * l1 + c.kl_weight * kl
+        # Reconstruction terms are per-pixel means; Stable Diffusion weighs the per-image KL against per-image
+        # sums, so the KL is divided by the values per image to keep its 1e-6 meaning.
+        loss = c.l2_weight * l2 + c.l1_weight * l1 + c.kl_weight * kl / x[0].numel()
         logs = {"psnr": float(-10 * torch.log10(l2.detach().clamp_min(1e-10))), "kl": float(kl.detach())}
         if self._perceptual is not None:
             lp = self._perceptual(y.clamp(0, 1), x)
@@ -122,8 +135,12 @@ class ImageVAE(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, source, n: int = 512, seed: int = 0) -> float:
-        """Set ``scale_factor`` to 1 / std of the unscaled posterior-mode latents of ``n`` training views."""
+        """Set ``scale_factor`` to 1 / std of the unscaled posterior-mode latents of ``n`` training views. A
+        decoder-only fine-tune keeps the scale it started from: its latents are those of the original encoder."""
         from ..train.data import sample_batch
+
+        if not self.config.train_encoder:
+            return float(self.scale_factor)
 
         was = self.training
         self.eval()

@@ -79,7 +79,7 @@ def shipped_model_dir(name: str) -> Path:
 def resolve_model_dir(name_or_path: str | Path) -> Path:
     """A pretrained folder given as a path, or by the name of a shipped checkpoint."""
     p = Path(name_or_path)
-    if (p / "config.json").is_file():
+    if (p / "config.json").is_file() and (p / "model.safetensors").is_file():
         return p
     shipped = shipped_model_dir(str(name_or_path))
     if str(name_or_path) and "/" not in str(name_or_path) and (shipped / "config.json").is_file():
