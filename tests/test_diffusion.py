@@ -280,6 +280,25 @@ def test_vae_shapes_scale_calibration_and_diffusers_wrapping(objects_root, tmp_p
     assert float(wrapped.scale_factor) == 0.5
 
 
+def test_vae_loss_sees_colour_and_weighs_objects():
+    from fewview.diffusion.vae import reconstruction_terms
+
+    x = torch.full((1, 3, 8, 8), 1.0)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    x = x * (1 - mask) + torch.tensor([0.2, 0.6, 0.1]).reshape(1, 3, 1, 1) * mask  # a green object on white
+    grey = x.mean(1, keepdim=True).expand_as(x)
+    r = reconstruction_terms(grey, x, mask, 4.0)
+    assert float(r["chroma"]) > 0.1 and float(reconstruction_terms(x, x, mask, 4.0)["chroma"]) == 0
+    assert float(reconstruction_terms(grey + 0.1, grey, mask, 4.0)["chroma"]) < 1e-7  # a grey-level error is not chroma
+    # the same error weighs 1 + 4 times more on the object than on the background
+    obj, bg = x.clone(), x.clone()
+    obj[..., 3, 3] += 0.1
+    bg[..., 0, 0] -= 0.1
+    ratio = reconstruction_terms(obj, x, mask, 4.0)["l1"] / reconstruction_terms(bg, x, mask, 4.0)["l1"]
+    assert abs(float(ratio) - 5.0) < 1e-5
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_save_load_round_trips(vae_dir, tmp_path, dtype):
     torch.manual_seed(1)
