@@ -126,7 +126,7 @@ def multistep_denoise(fn: Denoiser, x0: Tensor, t: float, schedule: NoiseSchedul
         "t_index": t_idx,
         "steps": len(grid) - 1,
         "model_calls": calls,
-        "alpha_bar": float(schedule._abar[t_idx + 1]),
+        "alpha_bar": float(schedule.alpha_bar(t_idx, x0).flatten()[0]),
     }
     return out, info
 

@@ -148,9 +148,8 @@ class ImageVAE(nn.Module):
         # sums, so the KL is divided by the values per image to keep its 1e-6 meaning.
         loss = c.l2_weight * r["l2"] + c.l1_weight * r["l1"] + c.chroma_weight * r["chroma"]
         loss = loss + c.kl_weight * kl / x[0].numel()
-        chroma = r["chroma"]
         psnr = -10 * torch.log10(F.mse_loss(y.detach(), x).clamp_min(1e-10))
-        logs = {"psnr": float(psnr), "kl": float(kl.detach()), "chroma": float(chroma.detach())}
+        logs = {"psnr": float(psnr), "kl": float(kl.detach()), "chroma": float(r["chroma"].detach())}
         if self._perceptual is not None:
             lp = self._perceptual(y.clamp(0, 1), x)
             loss = loss + c.lpips_weight * lp
