@@ -175,3 +175,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ddp_weight_gap(args: list[str], out: Path) -> float:
+    """Run ``fewview ARGS`` once in-process and once as 2 torchrun processes (1 thread each); return the largest
+    difference between the two checkpoints' weights."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from fewview.cli import main
+
+    assert main([*args, "--out", str(out / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "fewview", *args, "--out", str(out / "two")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a = load_file(out / "one" / "checkpoint" / "model.safetensors")
+    b = load_file(out / "two" / "checkpoint" / "model.safetensors")
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
