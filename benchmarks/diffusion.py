@@ -42,9 +42,29 @@ def region_metrics(filled: torch.Tensor, gt: torch.Tensor, unknown: torch.Tensor
     return {"psnr": psnr(comp, gt, unknown).tolist(), "ssim": ssim(comp, gt, unknown).tolist()}
 
 
+def vae_eval(vae, root: str, n: int, name: str) -> dict:
+    """PSNR/SSIM of decode(encode(x)) over every 4th view of the first ``n`` test objects of ``root``."""
+    src = ObjectsSource(root, "test", n)
+    ps, ss = [], []
+    with torch.no_grad():
+        for s in range(len(src)):
+            img, msk, _ = src.views(s, list(range(0, src.num_views(s), 4)))
+            x = img * msk + (1 - msk)
+            rec = vae.reconstruct(x)
+            ps += psnr(rec, x).tolist()
+            ss += ssim(rec, x).tolist()
+    v = {"model": str(name), "data": str(root), "objects": len(src), "images": len(ps), "psnr": float(np.mean(ps)),
+         "ssim": float(np.mean(ss)), "psnr_p10": float(np.percentile(ps, 10)),
+         "scale_factor": float(vae.scale_factor), "resolution": src.res}  # fmt: skip
+    print(f"VAE {src.res}²: PSNR {v['psnr']:.2f} dB (10th percentile {v['psnr_p10']:.2f}), SSIM {v['ssim']:.4f} "
+          f"on {v['images']} held-out views; latent scale {v['scale_factor']:.4f}", flush=True)  # fmt: skip
+    return v
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", default="data/fewview-objects", help="fewview-objects folder (test split)")
+    ap.add_argument("--objects128", help="a 128² fewview-objects folder: also run the VAE on its test split")
     ap.add_argument("--vae", default="vae64", help="pretrained VAE folder or shipped name")
     ap.add_argument("--inpaint", default="inpaint64", help="pretrained inpainting model folder or shipped name")
     ap.add_argument("--vae-objects", type=int, default=100)
@@ -56,23 +76,11 @@ def main() -> int:
     t_start = time.perf_counter()
     record: dict = {"objects": str(args.objects), "threads": torch.get_num_threads()}
 
-    # 1. VAE reconstruction
+    # 1. VAE reconstruction (and the same weights on 128² renders: the 128² variant)
     vae = from_pretrained(resolve_model_dir(args.vae))
-    src = ObjectsSource(args.objects, "test", args.vae_objects)
-    ps, ss = [], []
-    with torch.no_grad():
-        for s in range(len(src)):
-            img, msk, _ = src.views(s, list(range(0, src.num_views(s), 4)))
-            x = img * msk + (1 - msk)
-            rec = vae.reconstruct(x)
-            ps += psnr(rec, x).tolist()
-            ss += ssim(rec, x).tolist()
-    record["vae"] = {"model": str(args.vae), "objects": len(src), "images": len(ps), "psnr": float(np.mean(ps)),
-                     "ssim": float(np.mean(ss)), "psnr_p10": float(np.percentile(ps, 10)),
-                     "scale_factor": float(vae.scale_factor), "resolution": src.res}  # fmt: skip
-    v = record["vae"]
-    print(f"VAE {src.res}²: PSNR {v['psnr']:.2f} dB (10th percentile {v['psnr_p10']:.2f}), SSIM {v['ssim']:.4f} "
-          f"on {v['images']} held-out views; latent scale {v['scale_factor']:.4f}", flush=True)  # fmt: skip
+    record["vae"] = vae_eval(vae, args.objects, args.vae_objects, args.vae)
+    if args.objects128:
+        record["vae_128"] = vae_eval(vae, args.objects128, args.vae_objects, args.vae)
 
     # 2. Inpainting
     model = from_pretrained(resolve_model_dir(args.inpaint))
