@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from fewview.checkpoint import environment_info
-from fewview.diffusion.masks import blurred_fill, inverse_warp, mean_fill, pixel_grid
+from fewview.diffusion.masks import blurred_fill, halves, inverse_warp, mean_fill
 from fewview.metrics.image import psnr, ssim
 from fewview.train import ObjectsSource, from_pretrained
 from fewview.train.pretrained import resolve_model_dir
@@ -95,9 +95,7 @@ def main() -> int:
         d = src.depths(s, [q, c])
         c2w, K = cams.c2w.float(), cams.K.float()
         _, valid = inverse_warp(d[:1], c2w[:1], K[:1], x[1:], d[1:], c2w[1:], K[1:])
-        u, v = pixel_grid(*x.shape[-2:])
-        half = torch.stack([u < u.max() / 2, u > u.max() / 2, v < v.max() / 2, v > v.max() / 2])[oi % 4]
-        half = half.float()[None, None]
+        half = halves(*x.shape[-2:])[oi % 4 : oi % 4 + 1]
         warp = (~valid).float()
         for kind, m in (("half", half), ("warp", warp), ("warp-object", warp * (d[:1] > 0).float())):
             imgs[kind].append(x[:1])

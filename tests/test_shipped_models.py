@@ -78,6 +78,7 @@ def test_shipped_inpainting_model_beats_simple_fills():
     """Half-image and IPSM warp masks on held-out views: the model's fill (DDIM 50, one sample) scores a
     higher PSNR on the unknown pixels than the mean-colour and blurred fills."""
     from fewview.diffusion import blurred_fill, inverse_warp, mean_fill
+    from fewview.diffusion.masks import halves
 
     folder = MODELS / "inpaint64"
     model = from_pretrained(folder)
@@ -88,8 +89,7 @@ def test_shipped_inpainting_model_beats_simple_fills():
         c2w, K = cams.c2w.float(), cams.K.float()
         _, valid = inverse_warp(depth[q : q + 1], c2w[q : q + 1], K[q : q + 1], img[c : c + 1], depth[c : c + 1],
                                 c2w[c : c + 1], K[c : c + 1])  # fmt: skip
-        half = torch.zeros(1, 1, *img.shape[-2:])
-        half[..., :, : img.shape[-1] // 2] = 1
+        half = halves(*img.shape[-2:])[:1]  # left half unknown
         gts += [img[q : q + 1]] * 2
         masks += [half, (~valid).float()]
     gt, m = torch.cat(gts), torch.cat(masks)

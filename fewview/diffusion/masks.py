@@ -51,12 +51,15 @@ def inverse_warp(target_depth: Tensor, target_c2w: Tensor, target_K: Tensor, sou
     return warped * valid.to(warped.dtype), valid
 
 
+def halves(h: int, w: int) -> Tensor:
+    """The four half-image masks (4,1,H,W): left, right, top, bottom unknown."""
+    u, v = pixel_grid(h, w)
+    return torch.stack([u < w / 2, u >= w / 2, v < h / 2, v >= h / 2])[:, None].float()
+
+
 def half_mask(b: int, h: int, w: int, generator: torch.Generator | None = None) -> Tensor:
     """One random half (left, right, top or bottom) unknown per item."""
-    side = torch.randint(0, 4, (b,), generator=generator)
-    u, v = pixel_grid(h, w)
-    halves = torch.stack([u < w / 2, u >= w / 2, v < h / 2, v >= h / 2])  # (4,H,W)
-    return halves[side][:, None].float()
+    return halves(h, w)[torch.randint(0, 4, (b,), generator=generator)]
 
 
 def box_mask(b: int, h: int, w: int, generator: torch.Generator | None = None, boxes: int = 3) -> Tensor:
