@@ -33,6 +33,7 @@ from fewview.diffusion import (
 )
 from fewview.objects.builder import ObjectsConfig, build
 from fewview.train import DistInfo, ObjectsSource, TrainConfig, Trainer, from_pretrained, sample_batch, save_pretrained
+from fewview.train.pretrained import resolve_model_dir
 
 from .helpers import SPHERE_CENTER, SPHERE_RADIUS, ddp_weight_gap, make_cams
 
@@ -394,6 +395,11 @@ def test_vae_trains_and_calibrates_its_scale(objects_root, tmp_path):
     assert any(not torch.equal(dec.state_dict()[k], v) for k, v in back.state_dict().items() if "decoder" in k)
     with pytest.raises(ValueError, match="holds a vae model"):
         Trainer(InpaintingLDM(InpaintConfig(**TINY_UNET)), cfg0, None, None, DistInfo())
+    # a shipped model is named without its path (the 128² variant starts from vae64)
+    shipped = from_pretrained(resolve_model_dir("vae64"))
+    start = Trainer(ImageVAE(shipped.config), replace(cfg0, init="vae64"), None, None, DistInfo()).model
+    for k, v in shipped.state_dict().items():
+        assert torch.equal(start.state_dict()[k], v), k
 
 
 def test_resume_gives_the_same_weights(objects_root, vae_dir, tmp_path):

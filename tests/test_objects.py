@@ -11,8 +11,19 @@ import trimesh
 from fewview.cli import main
 from fewview.data import DataError, load_blender
 from fewview.metrics import nearest_distances
-from fewview.objects.builder import ObjectsConfig, build, generate, load_object, render_object, splits, truncated_views
+from fewview.objects.builder import (
+    ObjectsConfig,
+    build,
+    generate,
+    held_out_views,
+    load_object,
+    recipe,
+    render_object,
+    splits,
+    truncated_views,
+)
 from fewview.objects.shapes import CATEGORIES
+from fewview.train import ObjectsSource
 
 SMALL = ObjectsConfig(objects=9, views=6, res=48, shard_size=4)
 
@@ -97,6 +108,22 @@ def test_splits_by_object_and_balanced():
         cats = [i % len(CATEGORIES) for i in sp[name]]
         assert sorted(cats) == list(range(len(CATEGORIES)))  # one of each category
     assert splits(ObjectsConfig(objects=70, seed=1)) != sp
+
+
+def test_held_out_views_regenerate_the_stored_test_objects(tmp_path):
+    cfg = ObjectsConfig(objects=16, views=4, res=32, shard_size=8, split=(0.5, 0.0, 0.5))
+    build(cfg, tmp_path, progress=False)
+    assert recipe(tmp_path) == cfg
+    test = splits(cfg)["test"]
+    got = list(held_out_views(cfg, 2, exclude=test[:1], every=2))
+    assert [g[0] for g in got] == test[1:3]
+    src = ObjectsSource(tmp_path, "test", depth=True)
+    for oi, img, cams, depth in got:
+        s = src.ids.index(oi)
+        ref, msk, ref_cams = src.views(s, [0, 2])
+        torch.testing.assert_close(img, ref * msk + (1 - msk), atol=0.5 / 255, rtol=0)
+        torch.testing.assert_close(cams.c2w.float(), ref_cams.c2w.float())
+        torch.testing.assert_close(depth, src.depths(s, [0, 2]), atol=1e-2, rtol=1e-3)
 
 
 def test_reader_and_blender_export_round_trip(dataset, tmp_path):

@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -147,6 +148,26 @@ def splits(cfg: ObjectsConfig) -> dict[str, list[int]]:
         out["val"] += ids[n_test : n_test + n_val]
         out["train"] += ids[n_test + n_val :]
     return {k: sorted(v) for k, v in out.items()}
+
+
+def held_out_views(cfg: ObjectsConfig, n: int, exclude: Collection[int] = (), every: int = 1):
+    """Regenerate the first ``n`` test-split objects of the recipe ``cfg`` that are not in ``exclude`` (e.g. the
+    training objects of another set: an object index gives the same object in every recipe with the same seed),
+    rendering every ``every``-th view at ``cfg.res``. Yields (index, images on white (V, 3, H, W) in [0, 1],
+    cameras, depth (V, 1, H, W), 0 on the background)."""
+    skip = set(exclude)
+    for oi in [i for i in splits(cfg)["test"] if i not in skip][:n]:
+        obj, cams = generate(cfg, oi)
+        cams = cams[::every]
+        rgba, depth = render_object(obj, cams, cfg.supersample)
+        x = torch.from_numpy(rgba).float().div(255).permute(0, 3, 1, 2)
+        yield oi, x[:, :3] * x[:, 3:] + (1 - x[:, 3:]), cams, torch.from_numpy(depth).float()[:, None]
+
+
+def recipe(root: str | Path) -> ObjectsConfig:
+    """The ``ObjectsConfig`` a fewview-objects folder was built with (its card)."""
+    c = _card(Path(root))["config"]
+    return ObjectsConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()})
 
 
 def build(cfg: ObjectsConfig, out: str | Path, progress: bool = True) -> dict:

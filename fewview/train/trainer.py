@@ -30,7 +30,9 @@ class TrainConfig:
     data_format: str = option(default="objects", metadata={"help": "objects | co3d"})
     categories: str = option(default="", metadata={"help": "CO3D categories, comma-separated"})
     limit_scenes: int = option(default=0, metadata={"help": "use only the first N training scenes (0: all)"})
-    init: str = option(default="", metadata={"help": "start from the weights of this pretrained folder (fine-tuning)"})
+    init: str = option(
+        default="", metadata={"help": "start from the weights of this pretrained folder or shipped model (fine-tuning)"}
+    )
     steps: int = option(default=2000, metadata={"help": "optimisation steps"})
     batch_size: int = option(default=8, metadata={"help": "scenes per step (global, over all processes)"})
     context_min: int = option(default=2, metadata={"help": "fewest context views per scene"})
@@ -89,9 +91,9 @@ class Trainer:
         self.cfg, self.info, self.source, self.eval_source = cfg, info, source, eval_source
         self.out = Path(out) if out is not None else None
         if cfg.init:  # fine-tuning: same model type, same parameter shapes (a resumed run overrides these)
-            from .pretrained import from_pretrained
+            from .pretrained import from_pretrained, resolve_model_dir
 
-            start = from_pretrained(cfg.init)
+            start = from_pretrained(resolve_model_dir(cfg.init))
             if start.model_name != model.model_name:
                 raise ValueError(f"--init {cfg.init} holds a {start.model_name} model, not {model.model_name}")
             model.load_state_dict(start.state_dict())
