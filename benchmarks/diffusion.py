@@ -1,7 +1,9 @@
 """Benchmark the diffusion core on held-out fewview-objects (test split).
 
 1. VAE reconstruction: PSNR/SSIM of decode(encode(x)) over every 4th view of the first ``--vae-objects``
-   test objects (goal: >= 30 dB at 64²).
+   test objects (goal: >= 30 dB at 64²). With ``--objects128`` (the 128² set ``--vae128`` was fine-tuned on), the
+   64² weights and the 128² variant on the first ``--vae128-objects`` test objects of the ``--objects`` recipe
+   rendered at 128², leaving out the training objects of the 128² set: held out of both.
 2. Inpainting: for each of the first ``--inpaint-objects`` test objects, a query view and a context view
    chosen by a permutation seeded with the object index, and two masks on the query:
    - ``half``: one half of the image (side = object index mod 4);
@@ -25,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,7 @@ import torch
 from fewview.checkpoint import environment_info
 from fewview.diffusion.masks import blurred_fill, halves, inverse_warp, mean_fill
 from fewview.metrics.image import psnr, ssim
+from fewview.objects.builder import held_out_views, recipe, splits
 from fewview.train import ObjectsSource, from_pretrained
 from fewview.train.pretrained import resolve_model_dir
 
@@ -42,32 +46,43 @@ def region_metrics(filled: torch.Tensor, gt: torch.Tensor, unknown: torch.Tensor
     return {"psnr": psnr(comp, gt, unknown).tolist(), "ssim": ssim(comp, gt, unknown).tolist()}
 
 
-def vae_eval(vae, root: str, n: int, name: str) -> dict:
-    """PSNR/SSIM of decode(encode(x)) over every 4th view of the first ``n`` test objects of ``root``."""
+def stored_views(root: str, n: int):
+    """Every 4th view (on white) of the first ``n`` test objects of a fewview-objects folder."""
     src = ObjectsSource(root, "test", n)
-    ps, ss = [], []
+    for s in range(len(src)):
+        img, msk, _ = src.views(s, list(range(0, src.num_views(s), 4)))
+        yield img * msk + (1 - msk)
+
+
+def vae_eval(vae, views, name: str, data: str) -> dict:
+    """PSNR/SSIM of decode(encode(x)) over the image batches ``views`` (one per object)."""
+    ps, ss, objects = [], [], 0
     with torch.no_grad():
-        for s in range(len(src)):
-            img, msk, _ = src.views(s, list(range(0, src.num_views(s), 4)))
-            x = img * msk + (1 - msk)
+        for x in views:
             rec = vae.reconstruct(x)
             ps += psnr(rec, x).tolist()
             ss += ssim(rec, x).tolist()
-    v = {"model": str(name), "data": str(root), "objects": len(src), "images": len(ps), "psnr": float(np.mean(ps)),
+            objects, res = objects + 1, x.shape[-1]
+    v = {"model": str(name), "data": data, "objects": objects, "images": len(ps), "psnr": float(np.mean(ps)),
          "ssim": float(np.mean(ss)), "psnr_p10": float(np.percentile(ps, 10)),
-         "scale_factor": float(vae.scale_factor), "resolution": src.res}  # fmt: skip
-    print(f"VAE {src.res}²: PSNR {v['psnr']:.2f} dB (10th percentile {v['psnr_p10']:.2f}), SSIM {v['ssim']:.4f} "
-          f"on {v['images']} held-out views; latent scale {v['scale_factor']:.4f}", flush=True)  # fmt: skip
+         "scale_factor": float(vae.scale_factor), "resolution": res}  # fmt: skip
+    print(
+        f"VAE {name} at {res}²: PSNR {v['psnr']:.2f} dB (10th percentile {v['psnr_p10']:.2f}), SSIM "
+        f"{v['ssim']:.4f} on {v['images']} held-out views; latent scale {v['scale_factor']:.4f}",
+        flush=True,
+    )
     return v
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", default="data/fewview-objects", help="fewview-objects folder (test split)")
-    ap.add_argument("--objects128", help="a 128² fewview-objects folder: also run the VAE on its test split")
+    ap.add_argument("--objects128", help="a 128² fewview-objects folder: run --vae and --vae128 on its test split")
     ap.add_argument("--vae", default="vae64", help="pretrained VAE folder or shipped name")
+    ap.add_argument("--vae128", default="vae128", help="the 128² VAE (pretrained folder or shipped name)")
     ap.add_argument("--inpaint", default="inpaint64", help="pretrained inpainting model folder or shipped name")
     ap.add_argument("--vae-objects", type=int, default=100)
+    ap.add_argument("--vae128-objects", type=int, default=40)
     ap.add_argument("--inpaint-objects", type=int, default=50)
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
     ap.add_argument("--samples", type=int, default=4, help="samples averaged for the 'mean of samples' row")
@@ -76,11 +91,17 @@ def main() -> int:
     t_start = time.perf_counter()
     record: dict = {"objects": str(args.objects), "threads": torch.get_num_threads()}
 
-    # 1. VAE reconstruction (and the same weights on 128² renders: the 128² variant)
+    # 1. VAE reconstruction; on 128² renders, the 64² weights and the 128² variant fine-tuned from them
     vae = from_pretrained(resolve_model_dir(args.vae))
-    record["vae"] = vae_eval(vae, args.objects, args.vae_objects, args.vae)
+    record["vae"] = vae_eval(vae, stored_views(args.objects, args.vae_objects), args.vae, args.objects)
     if args.objects128:
-        record["vae_128"] = vae_eval(vae, args.objects128, args.vae_objects, args.vae)
+        # held out of both: test objects of the --objects recipe, rendered at 128², that --objects128 did not train on
+        cfg = replace(recipe(args.objects), res=recipe(args.objects128).res)
+        train128 = splits(recipe(args.objects128))["train"]
+        views = [x for _, x, _, _ in held_out_views(cfg, args.vae128_objects, train128, every=4)]
+        data = f"{args.objects} test objects re-rendered at {cfg.res}², minus {args.objects128}'s training objects"
+        record["vae_128"] = vae_eval(vae, views, args.vae, data)
+        record["vae128"] = vae_eval(from_pretrained(resolve_model_dir(args.vae128)), views, args.vae128, data)
 
     # 2. Inpainting
     model = from_pretrained(resolve_model_dir(args.inpaint))
