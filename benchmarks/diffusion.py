@@ -77,7 +77,7 @@ def vae_eval(vae, views, name: str, data: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", default="data/fewview-objects", help="fewview-objects folder (test split)")
-    ap.add_argument("--objects128", help="a 128² fewview-objects folder: run --vae and --vae128 on its test split")
+    ap.add_argument("--objects128", help="the 128² set --vae128 trained on: compare both VAEs at its resolution")
     ap.add_argument("--vae", default="vae64", help="pretrained VAE folder or shipped name")
     ap.add_argument("--vae128", default="vae128", help="the 128² VAE (pretrained folder or shipped name)")
     ap.add_argument("--inpaint", default="inpaint64", help="pretrained inpainting model folder or shipped name")
