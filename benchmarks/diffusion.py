@@ -15,6 +15,8 @@
    (DDIM, 50 steps, η 0, one sample; and the mean of ``--samples`` samples), and two baselines:
    the mean colour of the known pixels, and a blurred fill (normalised convolution from the known pixels
    at the smallest Gaussian scale that reaches each unknown pixel).
+   Contact sheets of the first 8 objects per mask kind: ``OUT/inpaint_KIND.png`` (truth | input | mean colour |
+   blurred | 1 sample | mean of samples).
 3. Sampling time for one image with 50 DDIM steps (median of 3), and the UNet's per-step time.
 
     python benchmarks/diffusion.py --objects data/fewview-objects
@@ -32,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fewview.checkpoint import environment_info
 from fewview.diffusion.masks import blurred_fill, halves, inverse_warp, mean_fill
+from fewview.evaluation import to_uint8
 from fewview.metrics.image import psnr, ssim
 from fewview.objects.builder import held_out_views, recipe, splits
 from fewview.train import ObjectsSource, from_pretrained
@@ -122,19 +126,23 @@ def main() -> int:
             imgs[kind].append(x[:1])
             unknown[kind].append(m)
     rows = {}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for kind in kinds:
         gt, m = torch.cat(imgs[kind]), torch.cat(unknown[kind])
-        res = {"mean colour": region_metrics(mean_fill(gt, m), gt, m),
-               "blurred fill": region_metrics(blurred_fill(gt, m), gt, m)}  # fmt: skip
-        samples = []
-        for k in range(args.samples):
-            g = torch.Generator().manual_seed(k)
-            samples.append(model.inpaint(gt, m, steps=args.steps, generator=g))
-        res["inpaint (1 sample)"] = region_metrics(samples[0], gt, m)
-        res[f"inpaint (mean of {args.samples})"] = region_metrics(torch.stack(samples).mean(0), gt, m)
-        rows[kind] = {name: {"psnr": float(np.mean(r["psnr"])), "ssim": float(np.mean(r["ssim"])), "per_image": r}
-                      for name, r in res.items()}  # fmt: skip
+        samples = [model.inpaint(gt, m, steps=args.steps, generator=torch.Generator().manual_seed(k))
+                   for k in range(args.samples)]  # fmt: skip
+        fills = {"mean colour": mean_fill(gt, m), "blurred fill": blurred_fill(gt, m), "inpaint (1 sample)": samples[0],
+                 f"inpaint (mean of {args.samples})": torch.stack(samples).mean(0)}  # fmt: skip
+        rows[kind] = {}
+        for name, f in fills.items():
+            r = region_metrics(f, gt, m)
+            rows[kind][name] = {"psnr": float(np.mean(r["psnr"])), "ssim": float(np.mean(r["ssim"])), "per_image": r}
         rows[kind]["unknown_fraction"] = float(m.mean())
+        # contact sheet, one object per row: truth | input (unknown grey) | each fill composited on the known pixels
+        cols = [gt, gt * (1 - m) + 0.5 * m, *(gt * (1 - m) + f * m for f in fills.values())]
+        sheet = torch.cat([torch.cat([c[i] for c in cols], -1) for i in range(min(8, len(gt)))], -2)
+        Image.fromarray(to_uint8(sheet)).save(out / f"inpaint_{kind}.png")
         for name, r in rows[kind].items():
             if isinstance(r, dict):
                 print(f"inpaint {kind:11s} mask  {name:20s} PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.4f}", flush=True)
@@ -161,8 +169,6 @@ def main() -> int:
           f"{torch.get_num_threads()} threads)", flush=True)  # fmt: skip
     record.update(wall_seconds=time.perf_counter() - t_start, env=environment_info(),
                   command=" ".join(["python", *sys.argv]))  # fmt: skip
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "diffusion.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out / 'diffusion.json'}; reproduce: {record['command']}")
     return 0
