@@ -86,9 +86,8 @@ class ImageVAE(nn.Module):
                 autoencoder.quant_conv.weight[lc:].zero_()
                 autoencoder.quant_conv.bias[lc:].fill_(c.init_logvar)
         self.autoencoder = autoencoder
-        if (
-            not c.train_encoder
-        ):  # Stable Diffusion's ft-MSE decoders were made this way: models on the latents stay valid
+        # decoder-only fine-tuning, as Stable Diffusion's ft-MSE decoders were made: models on the latents stay valid
+        if not c.train_encoder:
             for m in (autoencoder.encoder, autoencoder.quant_conv):
                 m.requires_grad_(False)
         self.register_buffer("scale_factor", torch.tensor(1.0))

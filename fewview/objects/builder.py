@@ -166,8 +166,9 @@ def held_out_views(cfg: ObjectsConfig, n: int, exclude: Collection[int] = (), ev
 
 def recipe(root: str | Path) -> ObjectsConfig:
     """The ``ObjectsConfig`` a fewview-objects folder was built with (its card)."""
-    c = _card(Path(root))["config"]
-    return ObjectsConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()})
+    from ..train.pretrained import config_from_dict
+
+    return config_from_dict(ObjectsConfig, _card(Path(root))["config"])
 
 
 def build(cfg: ObjectsConfig, out: str | Path, progress: bool = True) -> dict:
