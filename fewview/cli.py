@@ -16,6 +16,7 @@ from .data import DataError
 from .export import ExportError
 from .methods.fit import load_fit
 from .metrics.lpips_weights import WeightsError
+from .objects.household import MissingLibrariesError
 from .objects.shapes import MissingMeshesError
 
 EXAMPLE_OBJECT = Path(__file__).resolve().parent / "assets" / "example_object"
@@ -392,11 +393,16 @@ def cmd_data_objects(args: argparse.Namespace) -> int:
         print(f"wrote {path}/transforms_train.json and PNGs")
         return 0
     cfg = ObjectsConfig(objects=args.objects, views=args.views, res=args.res, seed=args.seed, fov_deg=args.fov,
-                        uniform_sphere=args.uniform_sphere, shard_size=args.shard_size)  # fmt: skip
+                        uniform_sphere=args.uniform_sphere, shard_size=args.shard_size, recipe=args.recipe,
+                        household=str(Path(args.household).resolve()) if args.household else "",
+                        max_faces=args.max_faces)  # fmt: skip
     card = build(cfg, out, progress=not args.quiet)
+    n = sum(len(v) for v in card["splits"].values())
+    skipped = len(card.get("household", {}).get("skipped", {}))
     print(f"wrote {len(card['shards'])} shards, card.json and contact_sheet.png to {out} "
-          f"({cfg.objects} objects x {cfg.views} views at {cfg.res}px in {card['seconds']:.0f} s; "
-          f"{len(card['truncated'])} objects truncated in some view)")  # fmt: skip
+          f"({n} objects x {cfg.views} views at {cfg.res}px in {card['seconds']:.0f} s; "
+          f"{len(card['truncated'])} objects truncated in some view; {skipped} household models skipped, "
+          f"reasons in card.json)")  # fmt: skip
     return 0
 
 
@@ -471,7 +477,14 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dp.add_subparsers(dest="which", required=True)
     do = dsub.add_parser("objects", help="render the fewview-objects multi-view dataset (CO3D-like)")
     do.add_argument("--out", required=True, help="dataset folder")
-    do.add_argument("--objects", type=int, default=2112, help="number of objects (default 2112: 264 per category)")
+    do.add_argument("--recipe", default="mixed", choices=["mixed", "household", "parametric"],
+                    help="mixed (default): parametric + pybullet + household; household: Sweet Home 3D furniture "
+                         "only; parametric: no household models")  # fmt: skip
+    do.add_argument("--household", help="folder of Sweet Home 3D .sh3f libraries (default: $FEWVIEW_HOUSEHOLD, "
+                    "else /usr/share/sweethome3d/furniture); see docs/objects.md")  # fmt: skip
+    do.add_argument("--max-faces", type=int, default=150_000, help="skip household models with more triangles")
+    do.add_argument("--objects", type=int, default=2112,
+                    help="number of parametric + pybullet objects (default 2112: 264 per category)")  # fmt: skip
     do.add_argument("--views", type=int, default=32, help="views per object (default 32)")
     do.add_argument("--res", type=int, default=64, help="image side in pixels (default 64; 128 for the large variant)")
     do.add_argument("--seed", type=int, default=0)
@@ -552,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DataError, CameraError, WeightsError, ExportError, MissingMeshesError, FileNotFoundError) as e:
+    except (DataError, CameraError, WeightsError, ExportError, MissingMeshesError, MissingLibrariesError,
+            FileNotFoundError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -140,7 +140,21 @@ def test_reader_and_blender_export_round_trip(dataset, tmp_path):
 
 
 def test_cli_builds(tmp_path, capsys):
-    args = ["data", "objects", "--out", str(tmp_path / "d"), "--objects", "3", "--views", "4", "--res", "32", "--quiet"]
+    args = [
+        "data",
+        "objects",
+        "--out",
+        str(tmp_path / "d"),
+        "--recipe",
+        "parametric",
+        "--objects",
+        "3",
+        "--views",
+        "4",
+        "--res",
+        "32",
+        "--quiet",
+    ]
     assert main(args) == 0
     assert "wrote 1 shards" in capsys.readouterr().out
     assert (tmp_path / "d" / "card.json").exists()

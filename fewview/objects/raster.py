@@ -81,3 +81,27 @@ def downsample(x: np.ndarray, s: int) -> np.ndarray:
     """Box-average (Hs, Ws, ...) blocks of s x s samples."""
     h, w = x.shape[0] // s, x.shape[1] // s
     return x.reshape(h, s, w, s, *x.shape[2:]).mean(axis=(1, 3))
+
+
+@njit(cache=True)
+def sample_texture(tex, uv):
+    """Bilinear lookup with wrap-around of an (H, W, C) texture at (N, 2) texture coordinates (OBJ convention:
+    u to the right, v up, texel centres at ((j + 0.5) / W, 1 - (i + 0.5) / H)). Returns (N, C)."""
+    h, w, c = tex.shape
+    out = np.empty((uv.shape[0], c), dtype=np.float32)
+    for n in range(uv.shape[0]):
+        x = uv[n, 0] * w - 0.5
+        y = (1.0 - uv[n, 1]) * h - 0.5
+        x0 = np.floor(x)
+        y0 = np.floor(y)
+        fx = x - x0
+        fy = y - y0
+        i0 = int(y0) % h
+        j0 = int(x0) % w
+        i1 = (i0 + 1) % h
+        j1 = (j0 + 1) % w
+        for k in range(c):
+            top = tex[i0, j0, k] * (1 - fx) + tex[i0, j1, k] * fx
+            bot = tex[i1, j0, k] * (1 - fx) + tex[i1, j1, k] * fx
+            out[n, k] = top * (1 - fy) + bot * fy
+    return out
