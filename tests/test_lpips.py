@@ -1,5 +1,6 @@
 """LPIPS: the published recipe with the real weights, discovery, building and failure modes."""
 
+import hashlib
 import json
 import pickle
 import subprocess
@@ -107,9 +108,24 @@ def test_weights_are_frozen_and_never_saved(alex_weights, tmp_path):
     assert list(load_file(tmp_path / "scene.safetensors")) == ["density"]
 
 
+def test_shipped_alexnet_weights_are_found_on_a_fresh_install(tmp_path, monkeypatch, alex_weights):
+    monkeypatch.delenv(lw.ENV_VAR, raising=False)
+    monkeypatch.setenv("FEWVIEW_CACHE", str(tmp_path / "empty-cache"))
+    p = find_lpips_weights("alex")
+    assert p == lw.PACKAGED_DIR / "lpips_alex_v0.1.safetensors"
+    assert hashlib.sha256(p.read_bytes()).hexdigest() == hashlib.sha256(alex_weights.read_bytes()).hexdigest()
+    for licence in ("LICENSE.torchvision", "LICENSE.PerceptualSimilarity", "lpips_alex_v0.1.json"):
+        assert (lw.PACKAGED_DIR / licence).is_file()
+    x = torch.rand(2, 3, 40, 40)
+    assert image_metrics(x, x.flip(-1))["lpips_alex"] is not None
+    with pytest.raises(WeightsError, match="fewview weights lpips --net vgg"):
+        find_lpips_weights("vgg")
+
+
 def test_discovery_order_and_error(tmp_path, monkeypatch, alex_weights):
     monkeypatch.delenv(lw.ENV_VAR, raising=False)
     monkeypatch.setenv("FEWVIEW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(lw, "PACKAGED_DIR", tmp_path / "no-package-weights")
     with pytest.raises(WeightsError) as e:
         find_lpips_weights("alex")
     msg = str(e.value)
@@ -132,6 +148,7 @@ def test_discovery_order_and_error(tmp_path, monkeypatch, alex_weights):
 def test_metrics_report_unavailable_instead_of_a_number(tmp_path, monkeypatch):
     monkeypatch.delenv(lw.ENV_VAR, raising=False)
     monkeypatch.setenv("FEWVIEW_CACHE", str(tmp_path))
+    monkeypatch.setattr(lw, "PACKAGED_DIR", tmp_path / "no-package-weights")
     x = torch.rand(2, 3, 40, 40)
     out = image_metrics(x, x.flip(-1))
     assert out["lpips_alex"] is None and "fewview weights lpips" in out["lpips_unavailable"]

