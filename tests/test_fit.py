@@ -166,3 +166,22 @@ def test_device_option_and_cpu_generator_driving_device_tensors(tmp_path):
     assert f.device.type == expected and f.state.field.aabb.device.type == expected
     f.run(progress=False)
     assert f.state.render(scene.cameras[2])["rgb"].device.type == "cpu"
+
+
+@pytest.mark.parametrize("rep", ["grid", "hashgrid", "mlp"])
+def test_learning_rate_options_reach_their_optimizer_groups(rep):
+    from fewview.cli import build_parser, dataclass_from_args
+    from fewview.methods.fit import make_field, make_optimizer
+
+    args = build_parser().parse_args(
+        ["fit", "scene", "--out", "o", "--representation", rep, "--lr-grid", "0.037", "--lr-net", "0.0021"]
+    )
+    cfg = dataclass_from_args(FitConfig, args)
+    aabb = torch.tensor([[-1.0, -1, -1], [1, 1, 1]])
+    opt = make_optimizer(make_field(cfg, aabb, 0.05), cfg)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == ({"net": 0.0021} if rep == "mlp" else {"grid": 0.037, "net": 0.0021})
+    default = FitConfig(representation=rep)
+    lrs = {g["name"]: g["lr"] for g in make_optimizer(make_field(default, aabb, 0.05), default).param_groups}
+    want = {"grid": {"grid": 0.1, "hashgrid": 1e-2, "mlp": 5e-4}[rep], "net": 1e-3}
+    assert lrs == ({"net": 5e-4} if rep == "mlp" else want)

@@ -34,8 +34,10 @@ class FitConfig:
     representation: str = option(default="grid", metadata={"help": "grid | hashgrid | mlp | gaussians"})
     steps: int = option(default=3000, metadata={"help": "optimisation steps"})
     batch_rays: int = option(default=4096, metadata={"help": "rays per step"})
-    lr_grid: float = option(default=0.1, metadata={"help": "learning rate of grid/table parameters"})
-    lr_net: float = option(default=1e-3, metadata={"help": "learning rate of MLP parameters"})
+    lr_grid: float = option(
+        default=0.0, metadata={"help": "learning rate of grid/table parameters (0: grid 0.1, hashgrid 0.01)"}
+    )
+    lr_net: float = option(default=0.0, metadata={"help": "learning rate of MLP parameters (0: 1e-3, mlp 5e-4)"})
     lr_decay: float = option(default=0.1, metadata={"help": "learning-rate factor reached at the last step"})
     grid_res: int = option(default=64, metadata={"help": "initial grid resolution (grid field)"})
     grid_res_final: int = option(default=128, metadata={"help": "grid resolution after upsampling (grid field)"})
@@ -158,11 +160,15 @@ def make_optimizer(f: Field, cfg: FitConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(param_groups(f, cfg), betas=(0.9, 0.99), eps=1e-15)
 
 
+DEFAULT_LR_GRID = {"grid": 0.1, "hashgrid": 1e-2}
+DEFAULT_LR_NET = {"grid": 1e-3, "hashgrid": 1e-3, "mlp": 5e-4}
+
+
 def param_groups(f: Field, cfg: FitConfig) -> list[dict]:
     grids = [p for n, p in f.named_parameters() if n in ("density_grid", "feature_grid", "tables")]
     nets = [p for n, p in f.named_parameters() if n not in ("density_grid", "feature_grid", "tables")]
-    lr_grid = cfg.lr_grid if cfg.representation == "grid" else 1e-2
-    lr_net = cfg.lr_net if cfg.representation != "mlp" else 5e-4
+    lr_grid = cfg.lr_grid or DEFAULT_LR_GRID.get(cfg.representation, 0.1)
+    lr_net = cfg.lr_net or DEFAULT_LR_NET.get(cfg.representation, 1e-3)
     groups = [{"params": grids, "lr": lr_grid, "initial_lr": lr_grid, "name": "grid"}] if grids else []
     return groups + [{"params": nets, "lr": lr_net, "initial_lr": lr_net, "name": "net"}]
 
