@@ -346,6 +346,9 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         return 2
     size = json.loads((folder / "config.json").read_text()).get("image_size") or 64
     size = args.size or size
+    if size % model.vae.downsample:
+        print(f"error: --size {size} is not a multiple of the VAE's factor {model.vae.downsample}", file=sys.stderr)
+        return 2
     img = Image.open(args.image).convert("RGBA")
     rgba = torch.from_numpy(np.asarray(img.resize((size, size), Image.BICUBIC))).float().div(255).permute(2, 0, 1)
     x = rgba[:3] * rgba[3:] + (1 - rgba[3:])  # transparent pixels on white, as the model was trained

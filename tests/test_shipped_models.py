@@ -99,3 +99,25 @@ def test_shipped_inpainting_model_beats_simple_fills():
     assert scores["model"]["all"] >= INPAINT_FLOOR, scores
     for kind in ("half", "warp"):
         assert scores["model"][kind] > max(scores["blurred"][kind], scores["mean"][kind]), (kind, scores)
+
+
+def test_inpaint_cli_runs_the_64_model_at_128_and_refuses_sizes_off_the_vae_grid(tmp_path, capsys):
+    """The mask's downsampling follows the VAE (factor 4), not the model's training latent size."""
+    import numpy as np
+    from PIL import Image
+
+    from fewview.cli import main
+
+    img = np.full((128, 128, 3), 255, np.uint8)
+    img[32:96, 32:96] = (200, 40, 40)
+    Image.fromarray(img).save(tmp_path / "img.png")
+    mask = np.zeros((128, 128), np.uint8)
+    mask[:, :64] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    args = ["inpaint", str(tmp_path / "img.png"), str(tmp_path / "mask.png"), "--steps", "2"]
+    assert main([*args, "--out", str(tmp_path / "o.png"), "--size", "128"]) == 0
+    assert Image.open(tmp_path / "o.png").size == (256, 128)  # [masked input | one sample]
+    assert main([*args, "--out", str(tmp_path / "bad.png"), "--size", "126"]) == 2
+    err = capsys.readouterr().err
+    assert "not a multiple of the VAE's factor 4" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.png").exists()

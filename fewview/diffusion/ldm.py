@@ -219,7 +219,9 @@ class LatentDiffusion(nn.Module):
     def inpaint_condition(self, images: Tensor, masks: Tensor) -> dict:
         """SD-Inpainting's condition: [mask at latent resolution, latent of the image with unknown pixels grey].
         A latent cell is unknown when any of its pixels is."""
-        f = images.shape[-1] // self.config.latent_size
+        f = self.vae.downsample
+        if images.shape[-1] % f or images.shape[-2] % f:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the VAE's factor {f}")
         masked = images * (1 - masks) + 0.5 * masks
         m = F.max_pool2d(masks, f) if f > 1 else masks
         return {"concat": torch.cat([m, self.vae.encode(masked)], 1)}
