@@ -350,10 +350,10 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         print(f"error: --size {size} is not a multiple of the VAE's factor {model.vae.downsample}", file=sys.stderr)
         return 2
     img = Image.open(args.image).convert("RGBA")
-    rgba = torch.from_numpy(np.asarray(img.resize((size, size), Image.BICUBIC))).float().div(255).permute(2, 0, 1)
+    rgba = torch.from_numpy(np.array(img.resize((size, size), Image.BICUBIC))).float().div(255).permute(2, 0, 1)
     x = rgba[:3] * rgba[3:] + (1 - rgba[3:])  # transparent pixels on white, as the model was trained
     m = Image.open(args.mask).convert("L").resize((size, size), Image.NEAREST)
-    mask = torch.from_numpy(np.asarray(m) > 127).float()[None]
+    mask = torch.from_numpy(np.array(m) > 127).float()[None]
     g = torch.Generator().manual_seed(args.seed)
     x, mask = x[None].expand(args.samples, -1, -1, -1), mask[None].expand(args.samples, -1, -1, -1)
     out = model.inpaint(x, mask, steps=args.steps, method=args.sampler, eta=args.eta, guidance=args.guidance,
