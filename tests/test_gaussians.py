@@ -298,3 +298,75 @@ def test_gsplat_matches_the_fast_path():
     cu = rasterize(*[a.cuda() for a in g], cam, sh_degree=3, background=(1.0, 1.0, 1.0), backend="gsplat")
     torch.testing.assert_close(cu.rgb.cpu(), ref.rgb, atol=2e-3, rtol=0)
     torch.testing.assert_close(cu.alpha.cpu(), ref.alpha, atol=2e-3, rtol=0)
+
+
+def _documented_gsplat_rasterization(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=0.01, far_plane=1e10,
+    radius_clip=0.0, eps2d=0.3, sh_degree=None, packed=True, tile_size=16, backgrounds=None, render_mode="RGB",
+    sparse_grad=False, absgrad=False, rasterize_mode="classic", channel_chunk=32, distributed=False,
+    camera_model="pinhole", segmented=False, covars=None,
+):  # fmt: skip
+    """A CPU stand-in for ``gsplat.rasterization`` (v1.x): the documented signature, the shape contract of its
+    docstring and argument checks (``backgrounds`` is [..., C, D] with D the colour channels: in "RGB+ED" mode gsplat
+    appends the depth channel's zero itself), and its documented outputs ([C, H, W, D+1] with the expected depth
+    sum(w z) / alpha last, alphas [C, H, W, 1], meta radii [C, N, 2], means2d [C, N, 2]), computed with fewview's
+    PyTorch reference."""
+    from fewview.gaussians.rasterize import rasterize as fv_rasterize
+
+    n, c = means.shape[0], viewmats.shape[0]
+    assert means.shape == (n, 3) and quats.shape == (n, 4) and scales.shape == (n, 3), "Gaussian shapes"
+    assert opacities.shape == (n,), opacities.shape
+    assert viewmats.shape == (c, 4, 4) and Ks.shape == (c, 3, 3), (viewmats.shape, Ks.shape)
+    assert isinstance(width, int) and isinstance(height, int)
+    assert render_mode in ("RGB", "D", "ED", "RGB+D", "RGB+ED"), render_mode
+    if sh_degree is None:
+        assert colors.dim() == 2 and colors.shape[0] == n, colors.shape
+        d = colors.shape[-1]
+    else:
+        assert colors.dim() == 3 and colors.shape[0] == n and colors.shape[-1] == 3, colors.shape
+        assert (sh_degree + 1) ** 2 <= colors.shape[1], colors.shape
+        d = 3
+    if backgrounds is not None:
+        assert backgrounds.shape == (c, d), f"backgrounds must be [C, D] = {(c, d)}, got {tuple(backgrounds.shape)}"
+    assert not packed, "fewview reads meta['radii'] and meta['means2d'] in the unpacked [C, N, ...] layout"
+    outs, alphas = [], []
+    for k in range(c):
+        cam = Cameras(torch.linalg.inv(viewmats[k])[None], Ks[k][None], torch.tensor([height, width]))
+        bg = None if backgrounds is None else backgrounds[k]
+        r = fv_rasterize(means, quats, scales, opacities, colors, cam, sh_degree, bg, backend="torch",
+                         tile=tile_size, eps2d=eps2d, near=near_plane)  # fmt: skip
+        ed = r.depth / r.alpha.clamp(min=1e-10)
+        outs.append(torch.cat([r.rgb, ed]).permute(1, 2, 0))
+        alphas.append(r.alpha.permute(1, 2, 0))
+    radii = torch.zeros(c, n, 2, dtype=torch.int32)
+    radii[:, r.ids] = r.radii.round().int().clamp(min=1)[:, None]
+    meta = {"radii": radii, "means2d": torch.zeros(c, n, 2, requires_grad=True)}
+    return torch.stack(outs), torch.stack(alphas), meta
+
+
+def test_gsplat_call_follows_the_documented_contract(monkeypatch):
+    """The gsplat backend's arguments checked against gsplat's documented signature and shapes on CPU, and its
+    post-processing (depth un-normalised, channels split) equal to the reference backend's output."""
+    import importlib
+    import inspect
+    import sys
+    import types
+
+    rz = importlib.import_module("fewview.gaussians.rasterize")
+
+    fake = types.ModuleType("gsplat")
+    fake.rasterization = _documented_gsplat_rasterization
+    monkeypatch.setitem(sys.modules, "gsplat", fake)
+    monkeypatch.setattr(rz, "gsplat_available", lambda: True)
+    documented = ["means", "quats", "scales", "opacities", "colors", "viewmats", "Ks", "width", "height"]
+    assert list(inspect.signature(fake.rasterization).parameters)[:9] == documented
+    cam = make_cams(n=1, h=20, w=24, f=22.0)
+    g = random_gaussians(120, seed=2, dtype=torch.float32)
+    g[0] = g[0] * 0.7 - torch.tensor([0.0, 0.0, 2.5])
+    for sh in (3, None):
+        args = list(g) if sh is not None else [*g[:4], torch.rand(len(g[0]), 3)]
+        ref = rz.rasterize(*args, cam, sh_degree=sh, background=(1.0, 0.5, 0.0), backend="torch")
+        out = rz.rasterize(*args, cam, sh_degree=sh, background=(1.0, 0.5, 0.0), backend="gsplat")
+        for name in ("rgb", "depth", "alpha"):
+            torch.testing.assert_close(getattr(out, name), getattr(ref, name), atol=1e-5, rtol=0)
+        assert torch.equal(out.ids, ref.ids)

@@ -121,8 +121,8 @@ def _rasterize_gsplat(means, quats, scales, opacities, colors, cam, sh_degree, b
     img, alpha, meta = rasterization(
         means, quats, scales, opacities, colors, viewmat, K, w, h,
         near_plane=near, eps2d=eps2d, sh_degree=sh_degree, packed=False, tile_size=tile,
-        backgrounds=torch.cat([bg, bg.new_zeros(1)])[None].float(), render_mode="RGB+ED",
-    )  # fmt: skip
+        backgrounds=bg[None].float(), render_mode="RGB+ED",
+    )  # fmt: skip  # backgrounds (C, 3): gsplat appends the depth channel's zero itself
     radii = meta["radii"][0]
     if radii.dim() == 2:
         radii = radii.amax(-1)
