@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from fewview.cameras import Cameras
 from fewview.cli import main
 from fewview.models import PixelNeRF, PixelNeRFConfig
 from fewview.models.pixelnerf import sample_features
@@ -207,3 +208,30 @@ def test_resolve_model_dir_prefers_real_folders_then_shipped_names(tmp_path, mon
     assert resolve_model_dir(folder) == folder
     with pytest.raises(FileNotFoundError, match="neither"):
         resolve_model_dir("no-such-model")
+
+
+def test_eft_projects_each_depth_sample_where_the_cameras_do():
+    """Every depth sample of a query ray lands, in each context view, at ``Cameras.project`` of that world point,
+    and the samples lie on the query ray between the band's near and far depths."""
+    from fewview.cameras import look_at
+    from fewview.models import EFT, EFTConfig
+
+    torch.manual_seed(0)
+    eye = torch.tensor([[3.0, 0.2, 0.5], [0.1, 2.8, 0.9], [-2.6, -0.9, 1.2], [1.5, -2.5, -0.4]])
+    c2w = look_at(eye, torch.zeros(4, 3), torch.tensor([0.0, 0.0, 1.0])).float()
+    K = torch.tensor([[[40.0, 0, 24], [0, 42.0, 20], [0, 0, 1]]]).expand(4, 3, 3)
+    ctx, q = [0, 1, 2], 3
+    model = EFT(EFTConfig(points=7, band=0.4))
+    dirs = torch.nn.functional.normalize(torch.randn(1, 5, 3) * 0.2 + torch.tensor([0.0, 0, 1]), dim=-1)
+    noise = torch.rand(1, 5, 7)
+    s = model.epipolar_samples(c2w[None, ctx], K[None, ctx], c2w[None, q], dirs, noise)
+    world = s["x"][0].reshape(-1, 3) @ c2w[q, :3, :3].T + c2w[q, :3, 3]
+    uv, z = Cameras(c2w[ctx], K[ctx], torch.tensor([40, 48])).project(world)
+    assert bool((z > 0).all())
+    torch.testing.assert_close(s["uv"][0].reshape(3, -1, 2), uv, atol=1e-3, rtol=1e-5)
+    # on the query ray: distance from the query centre = t, inside [d (1 - band), d (1 + band)]
+    d = (c2w[ctx, :3, 3].norm(dim=-1)).mean()
+    t = (world - c2w[q, :3, 3]).norm(dim=-1)
+    assert float(t.min()) >= float(d * 0.6) - 1e-4 and float(t.max()) <= float(d * 1.4) + 1e-4
+    torch.testing.assert_close(torch.nn.functional.normalize(world - c2w[q, :3, 3], dim=-1),
+                               (dirs[0, :, None] @ c2w[q, :3, :3].T).expand(5, 7, 3).reshape(-1, 3))  # fmt: skip

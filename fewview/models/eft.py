@@ -87,14 +87,13 @@ class EFT(nn.Module):
         f = self.encoder(context.flatten(0, 1))
         return f.reshape(b, n, *f.shape[1:])
 
-    def render_rays(self, feats: Tensor, context: Tensor, c2w: Tensor, K: Tensor, q_c2w: Tensor, dirs_q: Tensor,
-                    noise: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
-        """RGB (B, R, 3) and features (B, R, F) of query rays with unit directions ``dirs_q`` (B, R, 3) in the
-        query camera's frame (origin at its centre). Context cameras ``c2w`` (B, n, 4, 4) and ``K`` (B, n, 3, 3)
-        are world-space; ``q_c2w`` (B, 4, 4) is the query camera. ``noise`` (B, R, >=P) jitters the depths."""
+    def epipolar_samples(self, c2w: Tensor, K: Tensor, q_c2w: Tensor, dirs_q: Tensor,
+                         noise: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
+        """Ray sampling and view sampling: ``points`` depths per query ray in a band around the mean context
+        distance (``u`` (B, R, P) in [0, 1], ``x`` (B, R, P, 3) in the query frame) and their pixel positions ``uv``
+        (B, n, R, P, 2) in every context view (``rel``: context cameras in the query frame; ``scale``)."""
         c = self.config
-        b, n = feats.shape[:2]
-        r, P = dirs_q.shape[1], c.points
+        b, r, P = dirs_q.shape[0], dirs_q.shape[1], c.points
         scale = scene_scale(c2w)
         near, far = scale * (1 - c.band), scale * (1 + c.band)
         u = torch.arange(P, device=dirs_q.device, dtype=dirs_q.dtype)
@@ -106,6 +105,18 @@ class EFT(nn.Module):
         w2c = torch.linalg.inv(rel)
         xc = torch.einsum("bnij,brpj->bnrpi", w2c[..., :3, :3], x) + w2c[:, :, None, None, :3, 3]
         uv = torch.einsum("bnij,bnrpj->bnrpi", K, xc / xc[..., 2:3].clamp_min(1e-4))[..., :2]
+        return {"u": u, "x": x, "uv": uv, "rel": rel, "scale": scale}
+
+    def render_rays(self, feats: Tensor, context: Tensor, c2w: Tensor, K: Tensor, q_c2w: Tensor, dirs_q: Tensor,
+                    noise: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
+        """RGB (B, R, 3) and features (B, R, F) of query rays with unit directions ``dirs_q`` (B, R, 3) in the
+        query camera's frame (origin at its centre). Context cameras ``c2w`` (B, n, 4, 4) and ``K`` (B, n, 3, 3)
+        are world-space; ``q_c2w`` (B, 4, 4) is the query camera. ``noise`` (B, R, >=P) jitters the depths."""
+        c = self.config
+        b, n = feats.shape[:2]
+        r, P = dirs_q.shape[1], c.points
+        s = self.epipolar_samples(c2w, K, q_c2w, dirs_q, noise)
+        u, x, uv, rel, scale = s["u"], s["x"], s["uv"], s["rel"], s["scale"]
         size = tuple(context.shape[-2:])
         flat_uv = uv.reshape(b * n, r * P, 2)
         f = sample_features(feats.flatten(0, 1), flat_uv, size)
