@@ -185,3 +185,21 @@ def test_learning_rate_options_reach_their_optimizer_groups(rep):
     lrs = {g["name"]: g["lr"] for g in make_optimizer(make_field(default, aabb, 0.05), default).param_groups}
     want = {"grid": {"grid": 0.1, "hashgrid": 1e-2, "mlp": 5e-4}[rep], "net": 1e-3}
     assert lrs == ({"net": 5e-4} if rep == "mlp" else want)
+
+
+def test_a_small_fit_learns_the_scene(tmp_path):
+    """10 of 12 orbit views of the analytic sphere (32x32, exact intrinsics in transforms.json), 120 steps of the
+    grid field: the 2 held-out views reach 24 dB (measured 25.8-26.0 dB over two seeds; the background alone
+    scores 12.3 dB)."""
+    from fewview.data import load_scene
+    from fewview.metrics import psnr
+
+    write_blender(tmp_path / "scene", make_cams(n=12, h=32, w=32, f=36.0), "train", nerfstudio=True)
+    scene = load_scene(tmp_path / "scene")
+    cfg = FitConfig(steps=120, batch_rays=1024, grid_res=24, grid_res_final=48, upsample_step=60, occupancy_res=64,
+                    checkpoint_every=10**6)  # fmt: skip
+    state = Fitter(scene, [0, 1, 2, 3, 4, 6, 7, 8, 9, 10], cfg, tmp_path / "run").run(progress=False)
+    gt = scene.composite((1.0, 1.0, 1.0))
+    held = [float(psnr(state.render(scene.cameras[i])["rgb"][None], gt[i : i + 1])) for i in (5, 11)]
+    blank = [float(psnr(torch.ones_like(gt[i : i + 1]), gt[i : i + 1])) for i in (5, 11)]
+    assert min(held) >= 24.0 and max(blank) < 15.0, (held, blank)
