@@ -1,6 +1,7 @@
 """Benchmark the generalizable models (pixelNeRF, EFT) against the per-scene no-prior fit.
 
-1. objects-2view: the first ``--n-objects`` objects of the fewview-objects test split. Each has 2
+1. objects-2view: the first ``--n-objects`` objects of the fewview-objects test split, per group (household
+   models and the parametric/pybullet objects, when the set has both; each group is summarised). Each has 2
    inputs chosen by a permutation seeded with the object index and 30 evaluation views, at 64x64 on
    white. We report PSNR/SSIM/LPIPS per method, binned by angle to the nearest input. The no-prior
    row is the field fit with SPARSE_PRESET on the same 2 views.
@@ -60,9 +61,19 @@ def main() -> int:
     out = Path(args.out)
     t_start = time.perf_counter()
     card = json.loads((Path(args.objects) / "card.json").read_text())
-    test_ids = card["splits"]["test"][: args.n_objects]
-    models = {name: from_pretrained(p) for name, p in (("pixelnerf", args.pixelnerf), ("eft", args.eft))
-              if Path(p, "config.json").exists()}  # fmt: skip
+    household = set(card.get("household", {}).get("models", {}))
+    groups = {"household": [i for i in card["splits"]["test"] if str(i) in household][: args.n_objects],
+              "parametric": [i for i in card["splits"]["test"] if str(i) not in household][: args.n_objects]}
+    groups = {k: v for k, v in groups.items() if v}
+    test_ids = [i for v in groups.values() for i in v]
+    skipped = []
+    models = {}
+    for name, p in (("pixelnerf", args.pixelnerf), ("eft", args.eft)):
+        if Path(p, "config.json").exists():
+            models[name] = from_pretrained(p)
+        else:
+            skipped.append(f"{name}: no pretrained folder at {p}")
+            print(f"skipped {skipped[-1]}", flush=True)
     sizes = {name: model_image_size(p) for name, p in (("pixelnerf", args.pixelnerf), ("eft", args.eft))}
     rows: dict[str, list[dict]] = {k: [] for k in [*models, "no-prior"]}
     seconds: dict[str, float] = {k: 0.0 for k in rows}
@@ -87,18 +98,23 @@ def main() -> int:
         rows["no-prior"].append({"object": oi, "means": res["means"], "binned": res["binned"]})
         line = "  ".join(f"{k} {v[-1]['means']['psnr']:.2f}" for k, v in rows.items())
         print(f"object {oi}: {line}", flush=True)
-    summary = {
-        k: {"psnr": mean_of(v, "psnr"), "ssim": mean_of(v, "ssim"), "lpips_alex": mean_of(v, "lpips_alex"),
-            "psnr_by_angle": binned_mean(v), "seconds": seconds[k]}
-        for k, v in rows.items()
-    }  # fmt: skip
-    for k, s in summary.items():
-        bins = "  ".join(f"{b}: {p:.2f}" for b, p in s["psnr_by_angle"].items())
-        print(f"objects-2view {k:10s} PSNR {s['psnr']:.2f}  SSIM {s['ssim']:.3f}  LPIPS {s['lpips_alex']:.3f}"
-              f"  | by angle {bins}  ({s['seconds']:.0f} s)", flush=True)  # fmt: skip
+    summary = {}
+    for g, ids in {"all": test_ids, **groups}.items():
+        summary[g] = {
+            k: {"psnr": mean_of(sel, "psnr"), "ssim": mean_of(sel, "ssim"), "lpips_alex": mean_of(sel, "lpips_alex"),
+                "psnr_by_angle": binned_mean(sel), "objects": len(sel)}
+            for k, v in rows.items() for sel in [[r for r in v if r["object"] in ids]]
+        }  # fmt: skip
+        for k, s in summary[g].items():
+            bins = "  ".join(f"{b}: {p:.2f}" for b, p in s["psnr_by_angle"].items())
+            print(f"objects-2view [{g}, {s['objects']} objects] {k:10s} PSNR {s['psnr']:.2f}  SSIM {s['ssim']:.3f}  "
+                  f"LPIPS {s['lpips_alex']:.3f}  | by angle {bins}", flush=True)  # fmt: skip
+    print("seconds: " + "  ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     ood = []
     for scene, protocol in ((args.lego, "lego-3view"), (args.llff, "llff-3view")):
         if not Path(scene).exists():
+            skipped.append(f"{protocol}: scene {scene} not found")
+            print(f"skipped {skipped[-1]}", flush=True)
             continue
         for name in models:
             p = args.pixelnerf if name == "pixelnerf" else args.eft
@@ -108,7 +124,10 @@ def main() -> int:
     record = {
         "protocol": "objects-2view",
         "objects": test_ids,
+        "groups": groups,
         "summary": summary,
+        "seconds": seconds,
+        "skipped": skipped,
         "per_object": rows,
         "out_of_distribution": ood,
         "models": {"pixelnerf": args.pixelnerf, "eft": args.eft},
