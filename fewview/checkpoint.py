@@ -76,6 +76,29 @@ def save_checkpoint(
     return folder
 
 
+def find_checkpoint(folder: str | Path) -> Path | None:
+    """The complete checkpoint at ``folder``, or None. A process killed between the two renames of
+    :func:`save_checkpoint` leaves only ``<folder>.old`` (complete): it is moved back. ``<folder>.tmp`` may be
+    half-written and is never read."""
+    folder = Path(folder)
+    if (folder / "meta.json").is_file():
+        return folder
+    old = folder.with_name(folder.name + ".old")
+    if (old / "meta.json").is_file() and not folder.exists():
+        os.replace(old, folder)
+        return folder
+    return None
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a text file through a temporary sibling and a rename: readers see the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 def _np_state() -> list:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import Cameras, camera_rays, nearest_point_to_axes
-from ..checkpoint import environment_info, load_checkpoint, save_checkpoint
+from ..checkpoint import atomic_write_text, environment_info, find_checkpoint, load_checkpoint, save_checkpoint
 from ..data import Scene
 from ..fields import DenseGridField, Field, HashGridField, MLPField, build_field
 from ..render import OccupancyGrid, RenderOutput, distortion_loss, march_rays, opacity_entropy_loss, render_image
@@ -265,8 +265,8 @@ class Fitter:
         )
 
     def try_resume(self) -> bool:
-        ck = None if self.run_dir is None else self.run_dir / "checkpoint"
-        if ck is None or not (ck / "meta.json").exists():
+        ck = None if self.run_dir is None else find_checkpoint(self.run_dir / "checkpoint")
+        if ck is None:
             return False
         meta = json.loads((ck / "meta.json").read_text())
         f = build_field(meta["field"]).to(self.device)
@@ -428,7 +428,7 @@ def write_run_config(run_dir: Path, cfg: FitConfig, inputs: list[int], train: Sc
         "scene": train.name,
         "env": environment_info(),
     }
-    (run_dir / "config.json").write_text(json.dumps(cfg_json, indent=1, default=str))
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg_json, indent=1, default=str))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -461,9 +461,9 @@ def load_fit(run_dir: str | Path, device: str | torch.device = "cpu"):
     from ..checkpoint import read_checkpoint
 
     run_dir = Path(run_dir)
-    ck = run_dir / "checkpoint"
-    if not (ck / "meta.json").is_file():
-        raise FileNotFoundError(f"{ck}: no checkpoint here (meta.json missing)")
+    ck = find_checkpoint(run_dir / "checkpoint")
+    if ck is None:
+        raise FileNotFoundError(f"{run_dir / 'checkpoint'}: no checkpoint here (meta.json missing)")
     meta = json.loads((ck / "meta.json").read_text())
     if meta.get("kind") == "gaussians":
         from .gaussian_fit import load_gaussian_fit

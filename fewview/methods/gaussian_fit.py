@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import Cameras
-from ..checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from ..checkpoint import find_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from ..data import Scene
 from ..gaussians import DefaultStrategy, DensifyConfig, GaussianModel, load_ply
 from ..metrics.image import ssim
@@ -198,8 +198,8 @@ class GaussianFitter:
         save_checkpoint(self.run_dir / "checkpoint", tensors, meta, self.opt)
 
     def try_resume(self) -> bool:
-        ck = None if self.run_dir is None else self.run_dir / "checkpoint"
-        if ck is None or not (ck / "meta.json").exists():
+        ck = None if self.run_dir is None else find_checkpoint(self.run_dir / "checkpoint")
+        if ck is None:
             return False
         groups, meta = read_checkpoint(ck)
         if meta.get("kind") != "gaussians":

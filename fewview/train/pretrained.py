@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checkpoint import atomic_write_text
+
 MODELS: dict[str, tuple[type, type]] = {}
 
 
@@ -53,7 +55,7 @@ def save_pretrained(model: nn.Module, folder: str | Path, extra: dict | None = N
     tmp = folder / "model.safetensors.tmp"
     save_file(tensors, str(tmp))
     tmp.replace(folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps(meta, indent=1))
+    atomic_write_text(folder / "config.json", json.dumps(meta, indent=1))
     return folder
 
 

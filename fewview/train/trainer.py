@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import environment_info, load_checkpoint, read_checkpoint, save_checkpoint
+from ..checkpoint import environment_info, find_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from .data import sample_batch
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .ema import EMA
@@ -133,8 +133,8 @@ class Trainer:
                         meta, self.opt)  # fmt: skip
 
     def try_resume(self) -> bool:
-        ck = None if self.out is None else self.out / "checkpoint"
-        if ck is None or not (ck / "meta.json").exists():
+        ck = None if self.out is None else find_checkpoint(self.out / "checkpoint")
+        if ck is None:
             return False
         groups, meta = read_checkpoint(ck)
         if meta.get("model") != self.model.model_name:
