@@ -23,8 +23,9 @@ from fewview.checkpoint import environment_info
 from fewview.data import get_protocol, load_blender
 from fewview.evaluation import evaluate_views, nan_to_none
 from fewview.fields import DenseGridField, HashGridField, MLPField
-from fewview.methods.fit import FitConfig, make_fitter
+from fewview.methods.fit_config import FitConfig
 from fewview.methods.protocol_run import peak_memory_mb
+from fewview.methods.scene_fit import make_fitter
 from fewview.metrics import format_metrics, psnr
 
 

@@ -41,8 +41,8 @@ from fewview.diffusion.masks import blurred_fill, halves, inverse_warp, mean_fil
 from fewview.evaluation import to_uint8
 from fewview.metrics.image import psnr, ssim
 from fewview.objects.builder import held_out_views, recipe, splits
+from fewview.pretrained import resolve_model_dir
 from fewview.train import ObjectsSource, from_pretrained
-from fewview.train.pretrained import resolve_model_dir
 
 
 def region_metrics(filled: torch.Tensor, gt: torch.Tensor, unknown: torch.Tensor) -> dict:

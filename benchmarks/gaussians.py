@@ -26,7 +26,7 @@ from fewview.checkpoint import environment_info
 from fewview.data import get_protocol, load_blender
 from fewview.evaluation import evaluate_views, nan_to_none
 from fewview.gaussians import GaussianModel, rasterize
-from fewview.methods.fit import FitConfig
+from fewview.methods.fit_config import FitConfig
 from fewview.methods.protocol_run import peak_memory_mb
 from fewview.metrics import format_metrics
 

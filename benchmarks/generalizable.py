@@ -26,7 +26,8 @@ import torch
 from fewview.checkpoint import environment_info
 from fewview.data import get_protocol
 from fewview.evaluation import evaluate_views, nan_to_none
-from fewview.methods.fit import SPARSE_PRESET, FitConfig, Fitter
+from fewview.methods.fit import Fitter
+from fewview.methods.fit_config import SPARSE_PRESET, FitConfig
 from fewview.methods.recon import ModelRenderer, model_image_size, run_recon_protocol
 from fewview.objects.builder import load_object
 from fewview.train import from_pretrained

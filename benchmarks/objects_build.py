@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from fewview.evaluation import evaluate_views
-from fewview.methods.fit import FitConfig, Fitter
+from fewview.methods.fit import Fitter
+from fewview.methods.fit_config import FitConfig
 from fewview.metrics import format_metrics
 from fewview.objects.builder import ObjectsConfig, build, load_object
 

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from fewview.methods.fit import GAUSSIAN_SPARSE_PRESET, SPARSE_PRESET, FitConfig
+from fewview.methods.fit_config import GAUSSIAN_SPARSE_PRESET, SPARSE_PRESET, FitConfig
 from fewview.methods.protocol_run import run_protocol
 from fewview.metrics import format_metrics
 

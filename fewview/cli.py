@@ -14,7 +14,7 @@ from . import __version__
 from .cameras import CameraError
 from .data import DataError
 from .export import ExportError
-from .methods.fit import load_fit
+from .methods.scene_fit import load_fit
 from .metrics.lpips_weights import WeightsError
 from .objects.household import MissingLibrariesError
 from .objects.shapes import MissingMeshesError
@@ -69,7 +69,7 @@ def _print_record(record: dict, out: Path) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .methods.fit import SPARSE_PRESET, FitConfig
+    from .methods.fit_config import SPARSE_PRESET, FitConfig
     from .methods.protocol_run import run_protocol
 
     scene_path = Path(args.scene) if args.scene else _default_demo_scene()
@@ -104,8 +104,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from .data import load_scene
-    from .methods.fit import FitConfig, make_fitter
+    from .methods.fit_config import FitConfig
     from .methods.protocol_run import run_protocol
+    from .methods.scene_fit import make_fitter
 
     cfg = dataclass_from_args(FitConfig, args)
     out = Path(args.out)
@@ -136,7 +137,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .methods.fit import FitConfig
+    from .methods.fit_config import FitConfig
     from .methods.protocol_run import run_protocol
 
     out = Path(args.out)
@@ -249,10 +250,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from .pretrained import model_classes
     from .train import TrainConfig, Trainer, init_distributed, make_source, shutdown
-    from .train.pretrained import MODELS
 
-    config_cls, model_cls = MODELS[args.model]
+    config_cls, model_cls = model_classes(args.model)
     cfg = dataclass_from_args(TrainConfig, args)
     mcfg = dataclass_from_args(config_cls, args, prefix="model_")
     if hasattr(mcfg, "background"):
@@ -280,7 +281,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_recon(args: argparse.Namespace) -> int:
     from .methods.recon import recon_views, run_recon_protocol
-    from .train.pretrained import shipped_model_dir
+    from .pretrained import shipped_model_dir
 
     model_dir = Path(args.model) if args.model else shipped_model_dir(args.method)
     meta_path = model_dir / "config.json"
@@ -337,7 +338,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .evaluation import to_uint8
-    from .train.pretrained import from_pretrained, resolve_model_dir
+    from .pretrained import from_pretrained, resolve_model_dir
 
     folder = resolve_model_dir(args.model)
     model = from_pretrained(folder)
@@ -423,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
 
-    from .methods.fit import FitConfig
+    from .methods.fit_config import FitConfig
 
     f = sub.add_parser("fit", help="fit a per-scene radiance field to posed views")
     f.add_argument("scene", help="scene folder (Blender, LLFF, DTU/IDR or COLMAP)")
@@ -541,11 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a learned model (torchrun-aware: DDP when launched by torchrun)")
     tsub = tr.add_subparsers(dest="model", required=True)
+    from .pretrained import available_models
     from .train import TrainConfig
-    from .train.pretrained import MODELS, _ensure_registered
 
-    _ensure_registered()
-    for name, (config_cls, _) in sorted(MODELS.items()):
+    for name, (config_cls, _) in sorted(available_models().items()):
         tp = tsub.add_parser(name, help=f"train {name}; model options are --model-*")
         tp.add_argument("--out", required=True, help="run folder (checkpoint/, pretrained/, eval/, config.json)")
         tp.add_argument("--quiet", action="store_true")

@@ -32,8 +32,8 @@ from fewview.diffusion import (
     training_masks,
 )
 from fewview.objects.builder import ObjectsConfig, build
+from fewview.pretrained import resolve_model_dir
 from fewview.train import DistInfo, ObjectsSource, TrainConfig, Trainer, from_pretrained, sample_batch, save_pretrained
-from fewview.train.pretrained import resolve_model_dir
 
 from .helpers import SPHERE_CENTER, SPHERE_RADIUS, ddp_weight_gap, make_cams
 

@@ -9,7 +9,9 @@ import trimesh
 from fewview.cli import main
 from fewview.data import load_blender
 from fewview.export import extract_mesh, turntable_cameras, write_video
-from fewview.methods.fit import FitConfig, Fitter, load_fit
+from fewview.methods.fit import Fitter
+from fewview.methods.fit_config import FitConfig
+from fewview.methods.scene_fit import load_fit
 
 from .helpers import SPHERE_CENTER, make_cams, write_blender
 from .test_render import SphereField

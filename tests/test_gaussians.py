@@ -23,7 +23,8 @@ from fewview.gaussians import (
 )
 from fewview.gaussians.project import ALPHA_MIN, isotropic_footprint
 from fewview.gaussians.sh import sh_basis_reference
-from fewview.methods.fit import FitConfig, load_fit, make_fitter
+from fewview.methods.fit_config import FitConfig
+from fewview.methods.scene_fit import load_fit, make_fitter
 
 from .helpers import make_cams
 from .test_fit import Killed, tiny_scene

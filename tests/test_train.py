@@ -198,7 +198,7 @@ def test_cli_train_and_recon_on_a_protocol(objects_root, tmp_path):
 
 
 def test_resolve_model_dir_prefers_real_folders_then_shipped_names(tmp_path, monkeypatch):
-    from fewview.train.pretrained import resolve_model_dir, shipped_model_dir
+    from fewview.pretrained import resolve_model_dir, shipped_model_dir
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "eft").mkdir()
@@ -235,3 +235,20 @@ def test_eft_projects_each_depth_sample_where_the_cameras_do():
     assert float(t.min()) >= float(d * 0.6) - 1e-4 and float(t.max()) <= float(d * 1.4) + 1e-4
     torch.testing.assert_close(torch.nn.functional.normalize(world - c2w[q, :3, 3], dim=-1),
                                (dirs[0, :, None] @ c2w[q, :3, :3].T).expand(5, 7, 3).reshape(-1, 3))  # fmt: skip
+
+
+def test_the_trainer_imports_no_model_and_models_load_by_name():
+    """Layering: fewview.train and fewview.pretrained import no model package; a model's module is imported on
+    first use through the fewview.models entry points."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fewview.train, fewview.pretrained as p\n"
+        "assert not [m for m in sys.modules if m.startswith(('fewview.models', 'fewview.diffusion'))], sys.modules\n"
+        "m = p.from_pretrained(p.shipped_model_dir('eft'))\n"
+        "assert m.model_name == 'eft' and 'fewview.models.eft' in sys.modules\n"
+        "assert 'fewview.diffusion' not in sys.modules\n"
+        "assert {'pixelnerf', 'eft', 'vae', 'ldm', 'inpaint'} <= set(p.available_models())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..train.pretrained import from_pretrained, register_model, resolve_model_dir
+from ..pretrained import from_pretrained, register_model, resolve_model_dir
 from . import samplers
 from .masks import training_masks
 from .schedule import PREDICTIONS, NoiseSchedule

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..train.pretrained import register_model
+from ..pretrained import register_model
 
 
 @dataclass

@@ -23,7 +23,8 @@ from ..data import Scene
 from ..gaussians import DefaultStrategy, DensifyConfig, GaussianModel, load_ply
 from ..metrics.image import ssim
 from ..render import OccupancyGrid
-from .fit import FitConfig, default_aabb, fit_loop, resolve_device, training_images
+from .fit_config import GaussianOptions
+from .runs import default_aabb, fit_loop, resolve_device, training_images
 
 
 @dataclass
@@ -52,7 +53,7 @@ def scene_extent(cams: Cameras) -> float:
     return 1.1 * float((c - c.mean(0)).norm(dim=-1).max().clamp_min(1e-3))
 
 
-def densify_config(cfg: FitConfig) -> DensifyConfig:
+def densify_config(cfg: GaussianOptions) -> DensifyConfig:
     return DensifyConfig(
         refine_start=cfg.gs_refine_start,
         refine_stop=cfg.gs_refine_stop or cfg.steps // 2,
@@ -92,7 +93,7 @@ def project_colors(cams: Cameras, images: Tensor, pts: Tensor) -> Tensor:
     return torch.where(cnt > 0, acc / cnt.clamp_min(1), torch.full_like(acc, 0.5))
 
 
-def init_model(cfg: FitConfig, train: Scene, images: Tensor, bounds: Tensor | None, gen) -> GaussianModel:
+def init_model(cfg: GaussianOptions, train: Scene, images: Tensor, bounds: Tensor | None, gen) -> GaussianModel:
     """Initial Gaussians: ``hull`` (random points in the masks' visual hull), ``random`` (in the scene box),
     ``auto`` (hull when the inputs have masks), a 3DGS ``.ply``, or a field run folder (points from its
     rendered depth in the input views)."""
@@ -115,9 +116,9 @@ def init_model(cfg: FitConfig, train: Scene, images: Tensor, bounds: Tensor | No
         return load_ply(path)
     if (path / "checkpoint").exists():
         from ..export import point_cloud
-        from .fit import load_fit
+        from .fit import load_field_fit
 
-        state, _ = load_fit(path)
+        state, _ = load_field_fit(path)
         pts, cols = point_cloud(state.render, train.cameras)
         if len(pts) > cfg.gs_num_init:
             pts_idx = torch.randperm(len(pts), generator=gen)[: cfg.gs_num_init]
@@ -129,7 +130,7 @@ def init_model(cfg: FitConfig, train: Scene, images: Tensor, bounds: Tensor | No
 class GaussianFitter:
     """Fits 3D Gaussians to the input views of a scene; same run-folder contract as :class:`Fitter`."""
 
-    def __init__(self, scene: Scene, inputs: list[int], cfg: FitConfig, run_dir: str | Path | None = None):
+    def __init__(self, scene: Scene, inputs: list[int], cfg: GaussianOptions, run_dir: str | Path | None = None):
         self.cfg = cfg
         self.inputs = list(inputs)
         self.run_dir = Path(run_dir) if run_dir is not None else None

@@ -14,7 +14,9 @@ from PIL import Image
 from ..checkpoint import environment_info
 from ..data import Scene, ViewSplit, get_protocol, load_blender, load_scene
 from ..evaluation import evaluate_views, nan_to_none, to_uint8, write_report
-from .fit import FitConfig, cameras_from_json, make_fitter, training_images
+from .fit_config import FitConfig
+from .runs import cameras_from_json, training_images
+from .scene_fit import make_fitter
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 

@@ -16,8 +16,9 @@ from ..cameras import Cameras, sparsefusion_trajectory
 from ..checkpoint import environment_info
 from ..data import Scene
 from ..evaluation import evaluate_views, nan_to_none, to_uint8, write_report
-from ..train.pretrained import from_pretrained
-from .fit import SPARSE_PRESET, FitConfig, Fitter
+from ..pretrained import from_pretrained
+from .fit import Fitter
+from .fit_config import SPARSE_PRESET, FitConfig
 from .protocol_run import evaluation_targets, peak_memory_mb, protocol_scenes
 
 

@@ -1,6 +1,6 @@
 """Learned models (pixelNeRF, the EFT), registered for ``fewview train`` and ``from_pretrained``."""
 
-from ..train.pretrained import MODELS
+from ..pretrained import MODELS
 from .eft import EFT, EFTConfig
 from .encoder import ResNetEncoder
 from .pixelnerf import PixelNeRF, PixelNeRFConfig

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..cameras import Cameras, camera_rays
 from ..fields.base import positional_encoding
-from ..train.pretrained import register_model
+from ..pretrained import register_model
 from .encoder import ResNetEncoder
 from .pixelnerf import sample_features, scene_scale
 

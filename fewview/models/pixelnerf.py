@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from ..cameras import Cameras, camera_rays
 from ..fields.base import positional_encoding
+from ..pretrained import register_model
 from ..render.volume import sample_pdf, weights_from_alpha
-from ..train.pretrained import register_model
 from .encoder import ResNetEncoder
 
 

@@ -237,7 +237,7 @@ def held_out_views(cfg: ObjectsConfig, n: int, exclude: Collection[int] = (), ev
 
 def recipe(root: str | Path) -> ObjectsConfig:
     """The ``ObjectsConfig`` a fewview-objects folder was built with (its card)."""
-    from ..train.pretrained import config_from_dict
+    from ..pretrained import config_from_dict
 
     return config_from_dict(ObjectsConfig, _card(Path(root))["config"])
 

@@ -1,10 +1,10 @@
 """Training infrastructure shared by every learned model: data sampling, DDP, EMA, checkpoints,
 ``save_pretrained`` folders and the :class:`Trainer` loop behind ``fewview train``."""
 
+from ..pretrained import MODELS, from_pretrained, register_model, save_pretrained
 from .data import Batch, CO3DSource, ObjectsSource, item_generator, sample_batch
 from .distributed import DistInfo, init_distributed, launched_by_torchrun, shutdown
 from .ema import EMA
-from .pretrained import MODELS, from_pretrained, register_model, save_pretrained
 from .trainer import TrainConfig, Trainer, lr_lambda, make_source
 
 __all__ = [

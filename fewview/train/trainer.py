@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from ..checkpoint import environment_info, find_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from ..pretrained import save_pretrained
 from .data import sample_batch
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .ema import EMA
-from .pretrained import save_pretrained
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Trainer:
         self.cfg, self.info, self.source, self.eval_source = cfg, info, source, eval_source
         self.out = Path(out) if out is not None else None
         if cfg.init:  # fine-tuning: same model type, same parameter shapes (a resumed run overrides these)
-            from .pretrained import from_pretrained, resolve_model_dir
+            from ..pretrained import from_pretrained, resolve_model_dir
 
             start = from_pretrained(resolve_model_dir(cfg.init))
             if start.model_name != model.model_name:

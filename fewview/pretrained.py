@@ -1,5 +1,9 @@
 """``save_pretrained`` / ``from_pretrained`` folders: ``config.json`` (model name + its config) and
-``model.safetensors``. Models register themselves with :func:`register_model`."""
+``model.safetensors``.
+
+Models register themselves with :func:`register_model` when their module is imported. Nothing here imports
+them: a model's module is found through the ``fewview.models`` entry-point group (fewview's own models are
+declared in its ``pyproject.toml``; another package can add its own the same way) and imported on first use."""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text
 
 MODELS: dict[str, tuple[type, type]] = {}
+ENTRY_POINTS = "fewview.models"
 
 
 def register_model(name: str, config_cls: type):
@@ -64,10 +69,10 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> n
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"{folder}: not a pretrained model folder (needs config.json and model.safetensors)")
     meta = json.loads((folder / "config.json").read_text())
-    _ensure_registered()
-    if meta.get("model") not in MODELS:
-        raise ValueError(f"{folder}/config.json: unknown model {meta.get('model')!r}; known: {sorted(MODELS)}")
-    config_cls, cls = MODELS[meta["model"]]
+    try:
+        config_cls, cls = model_classes(meta.get("model"))
+    except ValueError as e:
+        raise ValueError(f"{folder}/config.json: {e}") from None
     model = cls(config_from_dict(config_cls, meta["config"]))
     model.load_state_dict(load_file(str(folder / "model.safetensors")))  # copies cast float16 files back
     return model.to(device).eval()
@@ -75,7 +80,7 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> n
 
 def shipped_model_dir(name: str) -> Path:
     """Folder of a checkpoint shipped with fewview (``fewview/assets/models/NAME``)."""
-    return Path(__file__).resolve().parent.parent / "assets" / "models" / name
+    return Path(__file__).resolve().parent / "assets" / "models" / name
 
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:
@@ -89,5 +94,27 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     raise FileNotFoundError(f"{name_or_path}: neither a pretrained model folder nor a shipped model name")
 
 
-def _ensure_registered() -> None:
-    from .. import diffusion, models  # noqa: F401  (registers the built-in models)
+def _providers(name: str | None = None) -> list:
+    from importlib.metadata import entry_points
+
+    eps = entry_points(group=ENTRY_POINTS)
+    return [ep for ep in eps if name is None or ep.name == name]
+
+
+def model_classes(name: str) -> tuple[type, type]:
+    """(config class, model class) of model ``name``, importing its module when it is not registered yet."""
+    if name not in MODELS:
+        for ep in _providers(name):
+            ep.load()  # importing the module registers the model
+    if name not in MODELS:
+        known = sorted(available_models())
+        raise ValueError(f"unknown model {name!r}; known: {known} (a built-in one missing: reinstall fewview)")
+    return MODELS[name]
+
+
+def available_models() -> dict[str, tuple[type, type]]:
+    """Every model registered or declared under the ``fewview.models`` entry points, imported."""
+    for ep in _providers():
+        if ep.name not in MODELS:
+            ep.load()
+    return MODELS
