@@ -205,3 +205,35 @@ def test_a_small_fit_learns_the_scene(tmp_path):
     held = [float(psnr(state.render(scene.cameras[i])["rgb"][None], gt[i : i + 1])) for i in (5, 11)]
     blank = [float(psnr(torch.ones_like(gt[i : i + 1]), gt[i : i + 1])) for i in (5, 11)]
     assert min(held) >= 24.0 and max(blank) < 15.0, (held, blank)
+
+
+def test_thread_governor_follows_the_cores_other_processes_leave_free():
+    """One busy process on a 2-core machine leaves one core: the governor drops to 1 thread and returns to the
+    starting count once the process ends (OpenMP teams otherwise wait at every operation for the thread that
+    shares its core)."""
+    import subprocess
+    import sys
+    import time
+
+    from fewview.threads import ThreadGovernor
+
+    g = ThreadGovernor(every=0.5)
+    assert g.target(0.0) == min(g.maximum, g.cores) and g.target(float(g.cores)) == 1
+    if not g.enabled or g.cores != 2 or g.maximum != 2:
+        pytest.skip("needs Linux /proc and 2 cores with 2 torch threads")
+    time.sleep(0.6)
+    g.update()
+    if g.others > 0.4:
+        pytest.skip(f"other processes already use {g.others:.1f} cores")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.6)
+        g.update()
+        assert g.others > 0.6 and g.threads == 1 and torch.get_num_threads() == 1, g.others
+    finally:
+        busy.kill()
+        busy.wait()
+    time.sleep(0.6)
+    g.update()
+    assert g.threads == 2 and torch.get_num_threads() == 2, g.others
+    g.restore()

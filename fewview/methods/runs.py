@@ -14,6 +14,7 @@ from torch import Tensor
 from ..cameras import Cameras, nearest_point_to_axes
 from ..checkpoint import atomic_write_text, environment_info
 from ..data import Scene
+from ..threads import ThreadGovernor
 
 
 # --------------------------------------------------------------------- scene prep
@@ -48,17 +49,22 @@ def fit_loop(fitter, desc: str, postfix, progress: bool, callback):
         write_run_config(fitter.run_dir, cfg, fitter.inputs, fitter.train)
     bar = tqdm(total=cfg.steps, initial=fitter.step, disable=not progress, desc=desc, unit="step", dynamic_ncols=True)
     t0, step0 = time.perf_counter(), fitter.step
-    while fitter.step < cfg.steps:
-        terms = fitter.train_step()
-        bar.update(1)
-        if fitter.step % 10 == 0 or fitter.step == cfg.steps:
-            el = time.perf_counter() - t0
-            bar.set_postfix(**postfix(terms, fitter.step - step0, el))
-            fitter.history.append({"step": fitter.step, "time": el, **terms})
-        if callback is not None:
-            callback(fitter)
-        if fitter.run_dir is not None and (fitter.step % cfg.checkpoint_every == 0 or fitter.step == cfg.steps):
-            fitter.save()
+    governor = ThreadGovernor()
+    try:
+        while fitter.step < cfg.steps:
+            governor.update()
+            terms = fitter.train_step()
+            bar.update(1)
+            if fitter.step % 10 == 0 or fitter.step == cfg.steps:
+                el = time.perf_counter() - t0
+                bar.set_postfix(**postfix(terms, fitter.step - step0, el))
+                fitter.history.append({"step": fitter.step, "time": el, "threads": governor.threads, **terms})
+            if callback is not None:
+                callback(fitter)
+            if fitter.run_dir is not None and (fitter.step % cfg.checkpoint_every == 0 or fitter.step == cfg.steps):
+                fitter.save()
+    finally:
+        governor.restore()
     bar.close()
     return fitter.state
 

@@ -15,8 +15,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import environment_info, find_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from ..checkpoint import (
+    atomic_write_text,
+    environment_info,
+    find_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ..pretrained import save_pretrained
+from ..threads import ThreadGovernor
 from .data import sample_batch
 from .distributed import DistInfo, all_reduce_mean, barrier
 from .ema import EMA
@@ -177,32 +185,38 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             meta = {"model": self.model.model_name, "model_config": asdict(self.model.config),
                     "train_config": asdict(cfg), "world_size": info.world_size, "env": environment_info()}  # fmt: skip
-            (self.out / "config.json").write_text(json.dumps(meta, indent=1, default=str))
+            atomic_write_text(self.out / "config.json", json.dumps(meta, indent=1, default=str))
             if cfg.tensorboard:
                 self._tb = _tensorboard(self.out / "tensorboard")
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and info.is_main),
                    desc=f"train {self.model.model_name}", unit="step", dynamic_ncols=True)  # fmt: skip
         t0, n0 = time.perf_counter(), self.step
-        while self.step < cfg.steps:
-            logs = self.train_step()
-            bar.update(1)
-            if self.step % 10 == 0 or self.step == cfg.steps:
-                logs = all_reduce_mean(logs, info)
-                el = time.perf_counter() - t0
-                rate = (self.step - n0) * cfg.batch_size / max(el, 1e-9)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}", scenes_s=f"{rate:.1f}",
-                                rays_s=f"{rate * cfg.rays:.0f}")  # fmt: skip
-                self.history.append({"step": self.step, "time": el, "scenes_per_s": rate, **logs})
-                if self._tb is not None:
-                    for k, v in logs.items():
-                        self._tb.add_scalar(k, v, self.step)
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and info.is_main and self.out is not None:
-                self.write_eval_images()
-            if callback is not None:
-                callback(self)
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                self.save()
-                barrier(info)
+        governor = ThreadGovernor()
+        try:
+            while self.step < cfg.steps:
+                governor.update()
+                logs = self.train_step()
+                bar.update(1)
+                if self.step % 10 == 0 or self.step == cfg.steps:
+                    logs = all_reduce_mean(logs, info)
+                    el = time.perf_counter() - t0
+                    rate = (self.step - n0) * cfg.batch_size / max(el, 1e-9)
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", scenes_s=f"{rate:.1f}",
+                                    rays_s=f"{rate * cfg.rays:.0f}")  # fmt: skip
+                    self.history.append({"step": self.step, "time": el, "scenes_per_s": rate,
+                                         "threads": governor.threads, **logs})  # fmt: skip
+                    if self._tb is not None:
+                        for k, v in logs.items():
+                            self._tb.add_scalar(k, v, self.step)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and info.is_main and self.out is not None:
+                    self.write_eval_images()
+                if callback is not None:
+                    callback(self)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+                    barrier(info)
+        finally:
+            governor.restore()
         bar.close()
         if hasattr(self.ema.model, "calibrate"):  # data-derived constants (the VAE's latent scale)
             self.ema.model.calibrate(self.source)
