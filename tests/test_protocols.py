@@ -46,6 +46,8 @@ def test_blender_and_named_protocols():
     s3 = get_protocol("lego-3view")(100)
     assert s3.protocol == "lego-3view" and s3.inputs == (26, 86, 2) and s3.evaluation == tuple(range(25))
     assert (s3.input_split, s3.eval_split) == ("train", "test")
+    val = get_protocol("lego-3view-val")(100)
+    assert (val.inputs, val.evaluation, val.eval_split) == ((26, 86, 2), tuple(range(25)), "val")
     assert get_protocol("lego-8view")(100).inputs == (26, 86, 2, 55, 75, 93, 16, 73)
     assert len(get_protocol("lego-dense")(100).inputs) == 100
     seeded = blender_views(100, 5, seed=3)

@@ -26,8 +26,9 @@ def protocol_scenes(scene_path: str | Path, protocol: str, downscale: float = 1.
     fn = get_protocol(protocol)
     if protocol.startswith("lego-") or protocol == "blender-split":
         train = load_blender(scene_path, "train", downscale=downscale)
-        test = load_blender(scene_path, "test", downscale=downscale)
-        return train, test, fn(len(train), len(test)) if protocol == "blender-split" else fn(len(train))
+        split = fn(len(train)) if protocol != "blender-split" else None
+        test = load_blender(scene_path, split.eval_split if split else "test", downscale=downscale)
+        return train, test, split or fn(len(train), len(test))
     if protocol.startswith("objects-"):
         raise ValueError(f"{protocol} runs over a fewview-objects dataset; give it an object folder index instead")
     scene = load_scene(scene_path, downscale=downscale)
