@@ -55,10 +55,11 @@ def main() -> int:
     ap.add_argument("--llff", default="../shared/data/mary_rose")
     ap.add_argument("--n-objects", type=int, default=20)
     ap.add_argument("--fit-steps", type=int, default=500, help="steps of the no-prior fit per object")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the no-prior fits (models only)")
     ap.add_argument("--out", default="bench-out/generalizable")
-    ap.add_argument("--lpips-weights", default="../shared/weights")
+    ap.add_argument("--lpips-weights", default=None, help="LPIPS-alex weights (default: discovery, shipped)")
     args = ap.parse_args()
-    weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
+    weights = args.lpips_weights
     out = Path(args.out)
     t_start = time.perf_counter()
     card = json.loads((Path(args.objects) / "card.json").read_text())
@@ -76,7 +77,7 @@ def main() -> int:
             skipped.append(f"{name}: no pretrained folder at {p}")
             print(f"skipped {skipped[-1]}", flush=True)
     sizes = {name: model_image_size(p) for name, p in (("pixelnerf", args.pixelnerf), ("eft", args.eft))}
-    rows: dict[str, list[dict]] = {k: [] for k in [*models, "no-prior"]}
+    rows: dict[str, list[dict]] = {k: [] for k in [*models, *([] if args.no_baseline else ["no-prior"])]}
     seconds: dict[str, float] = {k: 0.0 for k in rows}
     bg = (1.0, 1.0, 1.0)
     for oi in test_ids:
@@ -91,12 +92,13 @@ def main() -> int:
             res = evaluate_views(r, ev.cameras, gt, inputs.cameras, lpips_weights=weights)
             seconds[name] += time.perf_counter() - t
             rows[name].append({"object": oi, "means": res["means"], "binned": res["binned"]})
-        t = time.perf_counter()
-        cfg = FitConfig(**SPARSE_PRESET, steps=args.fit_steps, upsample_step=args.fit_steps // 3)
-        state = Fitter(scene, list(split.inputs), cfg, None).run(progress=False)
-        seconds["no-prior"] += time.perf_counter() - t
-        res = evaluate_views(state.render, ev.cameras, gt, inputs.cameras, lpips_weights=weights)
-        rows["no-prior"].append({"object": oi, "means": res["means"], "binned": res["binned"]})
+        if not args.no_baseline:
+            t = time.perf_counter()
+            cfg = FitConfig(**SPARSE_PRESET, steps=args.fit_steps, upsample_step=args.fit_steps // 3)
+            state = Fitter(scene, list(split.inputs), cfg, None).run(progress=False)
+            seconds["no-prior"] += time.perf_counter() - t
+            res = evaluate_views(state.render, ev.cameras, gt, inputs.cameras, lpips_weights=weights)
+            rows["no-prior"].append({"object": oi, "means": res["means"], "binned": res["binned"]})
         line = "  ".join(f"{k} {v[-1]['means']['psnr']:.2f}" for k, v in rows.items())
         print(f"object {oi}: {line}", flush=True)
     summary = {}
