@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from fewview.checkpoint import environment_info
-from fewview.diffusion.masks import blurred_fill, halves, inverse_warp, mean_fill
+from fewview.diffusion.masks import blurred_fill, halves, inverse_warp, mean_fill, nearest_fill, white_fill
 from fewview.evaluation import to_uint8
 from fewview.metrics.image import psnr, ssim
 from fewview.objects.builder import held_out_views, recipe, splits
@@ -110,7 +110,7 @@ def main() -> int:
     # 2. Inpainting
     model = from_pretrained(resolve_model_dir(args.inpaint))
     src = ObjectsSource(args.objects, "test", args.inpaint_objects, depth=True)
-    kinds = ("half", "warp", "warp-object")
+    kinds = ("warp-object", "half", "warp")  # headline first: object pixels only (the background is white)
     imgs, unknown = {k: [] for k in kinds}, {k: [] for k in kinds}
     for s in range(len(src)):
         oi = src.ids[s]
@@ -132,13 +132,16 @@ def main() -> int:
         gt, m = torch.cat(imgs[kind]), torch.cat(unknown[kind])
         samples = [model.inpaint(gt, m, steps=args.steps, generator=torch.Generator().manual_seed(k))
                    for k in range(args.samples)]  # fmt: skip
-        fills = {"mean colour": mean_fill(gt, m), "blurred fill": blurred_fill(gt, m), "inpaint (1 sample)": samples[0],
+        fills = {"white fill": white_fill(gt, m), "mean colour": mean_fill(gt, m), "blurred fill": blurred_fill(gt, m),
+                 "nearest known pixel": nearest_fill(gt, m), "inpaint (1 sample)": samples[0],
                  f"inpaint (mean of {args.samples})": torch.stack(samples).mean(0)}  # fmt: skip
         rows[kind] = {}
         for name, f in fills.items():
             r = region_metrics(f, gt, m)
             rows[kind][name] = {"psnr": float(np.mean(r["psnr"])), "ssim": float(np.mean(r["ssim"])), "per_image": r}
         rows[kind]["unknown_fraction"] = float(m.mean())
+        base = [n for n in fills if not n.startswith("inpaint")]
+        rows[kind]["strongest_baseline"] = max(base, key=lambda n: rows[kind][n]["psnr"])
         # contact sheet, one object per row: truth | input (unknown grey) | each fill composited on the known pixels
         cols = [gt, gt * (1 - m) + 0.5 * m, *(gt * (1 - m) + f * m for f in fills.values())]
         sheet = torch.cat([torch.cat([c[i] for c in cols], -1) for i in range(min(8, len(gt)))], -2)
@@ -146,6 +149,7 @@ def main() -> int:
         for name, r in rows[kind].items():
             if isinstance(r, dict):
                 print(f"inpaint {kind:11s} mask  {name:20s} PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.4f}", flush=True)
+        print(f"inpaint {kind:11s} mask  strongest baseline: {rows[kind]['strongest_baseline']}", flush=True)
     record["inpaint"] = {"model": str(args.inpaint), "objects": len(src), "steps": args.steps, "masks": rows}
 
     # 3. Sampling time

@@ -26,10 +26,12 @@ from fewview.diffusion import (
     mean_fill,
     multistep_denoise,
     multistep_steps,
+    nearest_fill,
     sample_grid,
     sds_loss,
     sds_residual,
     training_masks,
+    white_fill,
 )
 from fewview.objects.builder import ObjectsConfig, build
 from fewview.pretrained import resolve_model_dir
@@ -246,10 +248,21 @@ def test_baseline_fills():
     img = torch.stack([u[None, :].expand(32, 32), u[:, None].expand(32, 32), 0.3 + 0 * u[None, :].expand(32, 32)])[None]
     hole = torch.zeros(1, 1, 32, 32)
     hole[..., 12:18, 10:16] = 1
-    for fill in (mean_fill, blurred_fill):
+    for fill in (mean_fill, blurred_fill, nearest_fill, white_fill):
         out = fill(img, hole)
         assert torch.equal(out * (1 - hole), img * (1 - hole))  # known pixels untouched
-        torch.testing.assert_close(fill(torch.full_like(img, 0.25), hole), torch.full_like(img, 0.25))
+        if fill is not white_fill:
+            torch.testing.assert_close(fill(torch.full_like(img, 0.25), hole), torch.full_like(img, 0.25))
+    assert torch.equal(white_fill(img, hole)[..., 12:18, 10:16], torch.ones(1, 3, 6, 6))
+    # nearest known pixel: a full-height stripe (columns 10-15) in a black | white image (edge at column 13) is
+    # filled black on its left half and white on its right
+    two = torch.zeros(1, 3, 32, 32)
+    two[..., 13:] = 1.0
+    stripe = torch.zeros(1, 1, 32, 32)
+    stripe[..., 10:16] = 1
+    near = nearest_fill(two, stripe)
+    assert torch.equal(near[..., 10:13], torch.zeros(1, 3, 32, 3))
+    assert torch.equal(near[..., 13:16], torch.ones(1, 3, 32, 3))
     known = 1 - hole
     torch.testing.assert_close(mean_fill(img, hole)[0, :, 14, 12], (img * known).sum((2, 3))[0] / known.sum())
     err = (blurred_fill(img, hole) - img).abs()[hole.expand_as(img).bool()]

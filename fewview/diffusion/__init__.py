@@ -4,7 +4,17 @@ denoiser and score-distillation helpers, and the inpainting prior. diffusers pro
 the noise schedule; it is imported when a model is built."""
 
 from .ldm import InpaintConfig, InpaintingLDM, LatentDiffusion, LDMConfig
-from .masks import blurred_fill, box_mask, half_mask, inverse_warp, mean_fill, training_masks, warp_mask
+from .masks import (
+    blurred_fill,
+    box_mask,
+    half_mask,
+    inverse_warp,
+    mean_fill,
+    nearest_fill,
+    training_masks,
+    warp_mask,
+    white_fill,
+)
 from .samplers import (
     classifier_free_guidance,
     ddim_update,
@@ -33,6 +43,7 @@ __all__ = [
     "half_mask",
     "inverse_warp",
     "mean_fill",
+    "nearest_fill",
     "multistep_denoise",
     "multistep_steps",
     "sample",
@@ -41,4 +52,5 @@ __all__ = [
     "sds_residual",
     "training_masks",
     "warp_mask",
+    "white_fill",
 ]

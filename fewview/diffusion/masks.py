@@ -152,3 +152,26 @@ def blurred_fill(img: Tensor, unknown: Tensor) -> Tensor:
         out = torch.where(take, est, out)
         done = done | take
     return out
+
+
+def white_fill(img: Tensor, unknown: Tensor) -> Tensor:
+    """Baseline fill: the unknown pixels are white (the background of every fewview-objects view)."""
+    return img * (1 - unknown) + unknown
+
+
+def nearest_fill(img: Tensor, unknown: Tensor) -> Tensor:
+    """Baseline fill: each unknown pixel takes the colour of the nearest known pixel (grown one ring at a time,
+    8-connected; pixels reached in the same ring from several known neighbours take their mean)."""
+    known = (1 - unknown).clone()
+    out = img * known
+    ones = torch.ones(img.shape[1], 1, 3, 3, dtype=img.dtype)
+    for _ in range(max(img.shape[-2:])):
+        if bool((known > 0).all()):
+            break
+        n = F.conv2d(known, torch.ones(1, 1, 3, 3, dtype=img.dtype), padding=1)
+        s = F.conv2d(out * known, ones, padding=1, groups=img.shape[1])
+        grow = (known == 0) & (n > 0)
+        out = torch.where(grow, s / n.clamp_min(1), out)
+        known = known + grow.to(known.dtype)
+    empty = known == 0  # no known pixel at all: mean colour of nothing is grey
+    return torch.where(empty, torch.full_like(out, 0.5), out)
