@@ -33,14 +33,15 @@ def _machine_busy_and_own() -> tuple[float, float] | None:
     return busy / hz, (int(own[11]) + int(own[12])) / hz  # utime, stime
 
 
-def _numba_threads(n: int | None = None) -> int | None:
-    try:
-        import numba
-    except ImportError:
-        return None
-    if n is not None:
+def set_threads(n: int) -> None:
+    """``n`` threads for torch and, when this process uses it, numba. numba first: starting or resizing its
+    OpenMP pool resets the thread count of the OpenMP runtime torch shares."""
+    import sys
+
+    numba = sys.modules.get("numba")
+    if numba is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    return numba.get_num_threads()
+    torch.set_num_threads(n)
 
 
 class ThreadGovernor:
@@ -80,14 +81,12 @@ class ThreadGovernor:
         self.last, self.t = now, t
         n = self.target(self.others)
         if n != self.threads:
-            torch.set_num_threads(n)
-            _numba_threads(n)
+            set_threads(n)
             self.threads = n
         return n
 
     def restore(self) -> None:
         """Give back the thread count the process started with."""
         if self.threads != self.maximum:
-            torch.set_num_threads(self.maximum)
-            _numba_threads(self.maximum)
+            set_threads(self.maximum)
             self.threads = self.maximum
