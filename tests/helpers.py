@@ -197,3 +197,16 @@ def ddp_weight_gap(args: list[str], out: Path) -> float:
     a = load_file(out / "one" / "checkpoint" / "model.safetensors")
     b = load_file(out / "two" / "checkpoint" / "model.safetensors")
     return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def depth_points(rgba: np.ndarray, depth: np.ndarray, cams: Cameras) -> torch.Tensor:
+    """World points (P, 3) of every fully covered pixel with depth, unprojected from renders (V, H, W, 4) and
+    z-depths (V, H, W) through their cameras."""
+    pts = []
+    for v in range(len(cams)):
+        full = (rgba[v, ..., 3] == 255) & (depth[v] > 0)
+        ys, xs = np.nonzero(full)
+        uv = torch.tensor(np.stack([xs + 0.5, ys + 0.5], 1), dtype=torch.float64)[None]
+        z = torch.tensor(depth[v][full], dtype=torch.float64)[None]
+        pts.append(cams[v].to(torch.float64).unproject(uv, z)[0])
+    return torch.cat(pts)

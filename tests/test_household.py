@@ -25,6 +25,8 @@ from fewview.objects.household import (
 )
 from fewview.objects.raster import sample_texture
 
+from .helpers import depth_points
+
 FLAT = Lighting(ambient=1.0, diffuse=0.0, specular=0.0)
 
 
@@ -273,16 +275,10 @@ def test_household_depth_lies_on_the_mesh_and_masks_equal_depth_validity(tmp_pat
     obj, cams = generate(ObjectsConfig(views=4, res=48, recipe="household", household=str(src)), 0)
     rgba, depth = render_object(obj, cams)
     assert np.array_equal(rgba[..., 3] > 0, depth > 0)
-    pts = []
-    for v in range(len(cams)):
-        full = (rgba[v, ..., 3] == 255) & (depth[v] > 0)
-        ys, xs = np.nonzero(full)
-        uv = torch.tensor(np.stack([xs + 0.5, ys + 0.5], 1), dtype=torch.float64)[None]
-        z = torch.tensor(depth[v][full], dtype=torch.float64)[None]
-        pts.append(cams[v].to(torch.float64).unproject(uv, z)[0])
+    pts = depth_points(rgba, depth, cams)
     mesh = trimesh.Trimesh(obj.vertices, obj.faces, process=False)
     surface = torch.from_numpy(trimesh.sample.sample_surface_even(mesh, 40000, seed=0)[0])
-    err = nearest_distances(torch.cat(pts), surface).mean() / float(np.linalg.norm(mesh.extents))
+    err = nearest_distances(pts, surface).mean() / float(np.linalg.norm(mesh.extents))
     assert err < 0.005, float(err)
     # the textured sides show the texture's green, the painted ones Kd red, under the object's light
     rgb = rgba[..., :3][rgba[..., 3] == 255].astype(float)

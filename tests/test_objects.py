@@ -25,6 +25,8 @@ from fewview.objects.builder import (
 from fewview.objects.shapes import CATEGORIES
 from fewview.train import ObjectsSource
 
+from .helpers import depth_points
+
 SMALL = ObjectsConfig(objects=9, views=6, res=48, shard_size=4)
 
 
@@ -56,14 +58,7 @@ def test_depth_unprojects_onto_the_mesh_surface():
     for i in range(len(CATEGORIES)):  # one object of every category
         obj, cams = generate(cfg, i)
         rgba, depth = render_object(obj, cams)
-        pts = []
-        for v in range(len(cams)):
-            full = (rgba[v, ..., 3] == 255) & (depth[v] > 0)
-            ys, xs = np.nonzero(full)
-            uv = torch.tensor(np.stack([xs + 0.5, ys + 0.5], 1), dtype=torch.float64)[None]
-            z = torch.tensor(depth[v][full], dtype=torch.float64)[None]
-            pts.append(cams[v].to(torch.float64).unproject(uv, z)[0])
-        pts = torch.cat(pts)
+        pts = depth_points(rgba, depth, cams)
         surface = torch.from_numpy(trimesh.sample.sample_surface_even(obj.mesh, 60000, seed=0)[0])
         size = float(np.linalg.norm(obj.mesh.extents))
         err = nearest_distances(pts, surface).mean() / size
