@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .cameras import CameraError
 from .data import DataError
+from .data.poses import PosesError, PosesOptions
 from .export import ExportError
 from .methods.scene_fit import load_fit
 from .metrics.lpips_weights import WeightsError
@@ -368,6 +369,17 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_poses(args: argparse.Namespace) -> int:
+    from .data.poses import estimate_poses
+
+    opts = dataclass_from_args(PosesOptions, args)
+    record = estimate_poses(args.photos, args.out, masks=args.masks, options=opts, overwrite=args.overwrite,
+                            verbose=args.verbose)  # fmt: skip
+    print(f"{args.out}: {len(record['posed'])} of {record['num_photos']} photos posed, "
+          f"{record['num_points']} points; next: fewview info {args.out}")  # fmt: skip
+    return 0
+
+
 def cmd_weights(args: argparse.Namespace) -> int:
     from .metrics.lpips_weights import build_from_sdist, import_file
 
@@ -553,6 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_dataclass_options(tp, config_cls, prefix="model_")
         tp.set_defaults(func=cmd_train)
 
+    po = sub.add_parser("poses", help="camera poses for your own photos (COLMAP via pycolmap): a scene folder")
+    po.add_argument("photos", help="folder of photos of one object or scene")
+    po.add_argument("--out", required=True, help="scene folder to write (COLMAP layout: images/, sparse/0/)")
+    po.add_argument("--masks", help="folder of object masks (<photo stem>.png), undistorted and carried along")
+    po.add_argument("--overwrite", action="store_true", help="replace a scene folder written by fewview poses")
+    po.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
+    add_dataclass_options(po, PosesOptions)
+    po.set_defaults(func=cmd_poses)
+
     w = sub.add_parser("weights", help="build or import pretrained weight files")
     wsub = w.add_subparsers(dest="which", required=True)
     wl = wsub.add_parser("lpips", help="LPIPS v0.1 weights (AlexNet or VGG16 trunk + linear layers)")
@@ -569,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (DataError, CameraError, WeightsError, ExportError, MissingMeshesError, MissingLibrariesError,
-            FileNotFoundError) as e:  # fmt: skip
+            FileNotFoundError, PosesError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
 

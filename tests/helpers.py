@@ -210,3 +210,75 @@ def depth_points(rgba: np.ndarray, depth: np.ndarray, cams: Cameras) -> torch.Te
         z = torch.tensor(depth[v][full], dtype=torch.float64)[None]
         pts.append(cams[v].to(torch.float64).unproject(uv, z)[0])
     return torch.cat(pts)
+
+
+def noise_texture(rng: np.random.Generator, n: int = 512) -> np.ndarray:
+    """(n, n, 3) float32 smooth multi-octave colour noise: distinctive blobs that SIFT can match."""
+    import torch.nn.functional as F
+
+    t = torch.zeros(1, 3, n, n)
+    for s, w in ((8, 1.0), (16, 0.8), (32, 0.6), (64, 0.5), (128, 0.3)):
+        c = torch.from_numpy(rng.uniform(-1, 1, (1, 3, s, s))).float()
+        t += w * F.interpolate(c, size=(n, n), mode="bicubic", align_corners=False)
+    t = (t - t.mean()) / t.std() * 0.22 + 0.5
+    return t[0].permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def textured_box_scene(n: int = 20, h: int = 240, w: int = 320, seed: int = 0):
+    """A noise-textured cube on a textured floor seen by ``n`` cameras on two rings around it.
+
+    Returns (cameras, RGB uint8 (n, h, w, 3) on white, masks uint8 (n, h, w) of the cube and floor)."""
+    from fewview.cameras import look_at
+    from fewview.objects.builder import render_object
+    from fewview.objects.household import HouseholdObject, Lighting, SurfaceMaterial, TexturedMesh
+
+    def quads_box(lo, hi):
+        (x0, y0, z0), (x1, y1, z1) = lo, hi
+        return [[(x0, y0, z0), (x1, y0, z0), (x1, y1, z0), (x0, y1, z0)],
+                [(x0, y0, z1), (x1, y0, z1), (x1, y1, z1), (x0, y1, z1)],
+                [(x0, y0, z0), (x1, y0, z0), (x1, y0, z1), (x0, y0, z1)],
+                [(x0, y1, z0), (x1, y1, z0), (x1, y1, z1), (x0, y1, z1)],
+                [(x0, y0, z0), (x0, y1, z0), (x0, y1, z1), (x0, y0, z1)],
+                [(x1, y0, z0), (x1, y1, z0), (x1, y1, z1), (x1, y0, z1)]]  # fmt: skip
+
+    quads = quads_box((-0.5, -0.5, 0.0), (0.5, 0.5, 1.0)) + [[(-2, -2, 0), (2, -2, 0), (2, 2, 0), (-2, 2, 0)]]
+    corner_uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
+    verts, faces, uv, mat = [], [], [], []
+    for qi, q in enumerate(quads):
+        b = len(verts)
+        verts += q
+        faces += [[b, b + 1, b + 2], [b, b + 2, b + 3]]
+        uv += [corner_uv[[0, 1, 2]], corner_uv[[0, 2, 3]]]
+        mat += [qi, qi]
+    v, f = np.array(verts, float), np.array(faces)
+    nrm = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    mats = [SurfaceMaterial(f"m{i}", np.ones(3), noise_texture(rng)) for i in range(len(quads))]
+    mesh = TexturedMesh(v, f, np.array(uv), np.repeat(nrm[:, None], 3, 1).astype(np.float32),
+                        np.array(mat, np.int32), mats)  # fmt: skip
+    obj = HouseholdObject("box", mesh, Lighting(smooth=False))
+    az = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    el = np.where(np.arange(n) % 2 == 0, 0.45, 0.7)
+    eye = torch.from_numpy(np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], 1) * 3.5)
+    c2w = look_at(eye, torch.tensor([0.0, 0.0, 0.4], dtype=torch.float64).expand(n, 3),
+                  torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(n, 3))  # fmt: skip
+    fpx = 0.5 * w / np.tan(np.radians(50) / 2)
+    cams = Cameras(c2w.float(), intrinsics_matrix(fpx, fpx, w / 2, h / 2).float().expand(n, 3, 3).clone(),
+                   torch.tensor([h, w]))  # fmt: skip
+    rgba, _ = render_object(obj, cams, supersample=2)
+    a = rgba[..., 3:].astype(np.float32) / 255
+    rgb = np.round(rgba[..., :3] * a + 255 * (1 - a)).astype(np.uint8)
+    return cams, rgb, rgba[..., 3]
+
+
+def similarity_align(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Umeyama: (s, R, t) minimising |s R src + t - dst|^2 over points (N, 3)."""
+    ms, md = src.mean(0), dst.mean(0)
+    a, b = src - ms, dst - md
+    u, sig, vt = np.linalg.svd(b.T @ a / len(src))
+    d = np.eye(3)
+    d[2, 2] = np.sign(np.linalg.det(u @ vt))
+    r = u @ d @ vt
+    s = float((sig * np.diag(d)).sum() / (a**2).sum(1).mean())
+    return s, r, md - s * r @ ms

@@ -274,11 +274,28 @@ def _pinhole(cam: ColmapCamera, path: Path) -> tuple[float, float, float, float]
     return fx, fy, cx, cy
 
 
+def _load_masks(folder: Path, imgs: list[ColmapImage], size: tuple[int, int]) -> torch.Tensor:
+    """Object masks ``masks/<stem>.png`` (or COLMAP's ``<name>.png``), one per image, 0-1 floats."""
+    arrs = []
+    for im in imgs:
+        cands = [folder / (Path(im.name).stem + ".png"), folder / (im.name + ".png")]
+        p = next((c for c in cands if c.is_file()), None)
+        if p is None:
+            raise DataError(folder, im.name, f"no mask for this image (expected {cands[0].name})")
+        m = load_image(p, im.name, source=folder)
+        m = m[..., 3] if m.shape[-1] == 4 else m[..., 0]
+        if m.shape != size:
+            raise DataError(p, "", f"mask is {m.shape[1]}x{m.shape[0]}, its image is {size[1]}x{size[0]}")
+        arrs.append(m)
+    return torch.from_numpy(np.stack(arrs)[:, None].astype(np.float32))
+
+
 def load_colmap(
     root: str | Path, sparse_dir: str = "sparse/0", image_dir: str = "images", downscale: float = 1.0
 ) -> Scene:
     """Load a COLMAP reconstruction: ``root/sparse/0`` and ``root/images`` (images sorted by name).
 
+    Object masks are read from ``root/masks`` when it exists (``<image stem>.png``).
     ``meta["points"]`` holds the sparse points (list of xyz) and ``bounds`` their 1st-99th percentile box.
     """
     root = Path(root)
@@ -314,6 +331,7 @@ def load_colmap(
             )
     images = stack_images(arrs, paths, sdir, "images")
     h, w = images.shape[-2:]
+    masks = _load_masks(root / "masks", imgs, (h, w)) if (root / "masks").is_dir() else None
     cams = from_colmap(np.stack([i.qvec for i in imgs]), np.stack([i.tvec for i in imgs]), torch.stack(Ks), h, w)
     validate_cameras(cams, sdir, "images")
     cams = Cameras(cams.c2w.float(), cams.K.float(), cams.size)
@@ -324,6 +342,7 @@ def load_colmap(
     scene = Scene(
         images=images,
         cameras=cams,
+        masks=masks,
         bounds=bounds,
         background="photo",
         frames=[str(p) for p in paths],
