@@ -19,6 +19,7 @@ from .methods.scene_fit import load_fit
 from .metrics.lpips_weights import WeightsError
 from .objects.household import MissingLibrariesError
 from .objects.shapes import MissingMeshesError
+from .viewer import ViewerError
 
 EXAMPLE_OBJECT = Path(__file__).resolve().parent / "assets" / "example_object"
 
@@ -380,6 +381,18 @@ def cmd_poses(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from .viewer import RunViewer, ViewerOptions
+
+    viewer = RunViewer(args.run, ViewerOptions(host=args.host, port=args.port, preview_height=args.preview_height,
+                                               full_height=args.full_height))  # fmt: skip
+    viewer.start()
+    host = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
+    print(f"viewing {args.run} at http://{host}:{args.port}  (Ctrl+C to stop)", flush=True)
+    viewer.wait()
+    return 0
+
+
 def cmd_weights(args: argparse.Namespace) -> int:
     from .metrics.lpips_weights import build_from_sdist, import_file
 
@@ -574,6 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(po, PosesOptions)
     po.set_defaults(func=cmd_poses)
 
+    vw = sub.add_parser("view", help="open a run folder in the browser (viser): splats, meshes, cameras, live renders")
+    vw.add_argument("run", help="run folder (fit, eval, demo or recon output)")
+    vw.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    vw.add_argument("--port", type=int, default=8080)
+    vw.add_argument("--preview-height", type=int, default=64, help="field render height while the camera moves")
+    vw.add_argument("--full-height", type=int, default=0, help="field render height when still (0: the inputs')")
+    vw.set_defaults(func=cmd_view)
+
     w = sub.add_parser("weights", help="build or import pretrained weight files")
     wsub = w.add_subparsers(dest="which", required=True)
     wl = wsub.add_parser("lpips", help="LPIPS v0.1 weights (AlexNet or VGG16 trunk + linear layers)")
@@ -590,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (DataError, CameraError, WeightsError, ExportError, MissingMeshesError, MissingLibrariesError,
-            FileNotFoundError, PosesError) as e:  # fmt: skip
+            FileNotFoundError, PosesError, ViewerError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -282,3 +282,17 @@ def similarity_align(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarra
     r = u @ d @ vt
     s = float((sig * np.diag(d)).sum() / (a**2).sum(1).mean())
     return s, r, md - s * r @ ms
+
+
+def chromium_driver(chromium: str, chromedriver: str, width: int = 800, height: int = 600):
+    """Headless Chromium under selenium with software WebGL (SwiftShader), for viewer pages."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--use-angle=swiftshader",
+              "--enable-unsafe-swiftshader", "--hide-scrollbars", f"--window-size={width},{height}"):  # fmt: skip
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(chromedriver), options=opts)

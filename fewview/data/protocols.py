@@ -118,7 +118,9 @@ PROTOCOLS = {
     "lego-dense": lambda n_train=100: ViewSplit("lego-dense", tuple(range(n_train)), tuple(range(25)), "train", "test"),
     "lego-3view": lambda n_train=100: replace(blender_views(n_train, 3), protocol="lego-3view"),
     # lego-3view's inputs evaluated on val views 0-24: the views presets and hyperparameters are chosen on
-    "lego-3view-val": lambda n_train=100: replace(blender_views(n_train, 3), protocol="lego-3view-val", eval_split="val"),
+    "lego-3view-val": lambda n_train=100: replace(
+        blender_views(n_train, 3), protocol="lego-3view-val", eval_split="val"
+    ),
     "lego-8view": lambda n_train=100: replace(blender_views(n_train, 8), protocol="lego-8view"),
     "llff-3view": lambda n_images: ipsm_llff(n_images, 3),
     "dtu-3view": lambda n_images=49: ipsm_dtu(n_images, 3),

@@ -15,7 +15,7 @@ from ..checkpoint import environment_info
 from ..data import Scene, ViewSplit, get_protocol, load_blender, load_scene
 from ..evaluation import evaluate_views, nan_to_none, to_uint8, write_report
 from .fit_config import FitConfig
-from .runs import cameras_from_json, training_images
+from .runs import cameras_from_json, cameras_to_json, training_images
 from .scene_fit import make_fitter
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
@@ -89,6 +89,8 @@ def run_protocol(
         "input_views": list(split.inputs),
         "input_split": split.input_split,
         "evaluation_views": list(split.evaluation),
+        "evaluation_names": names,
+        "evaluation_cameras": cameras_to_json(eval_cams),
         "eval_split": split.eval_split,
         "background": list(cfg.background),
         "resolution": [eval_scene.height, eval_scene.width],
