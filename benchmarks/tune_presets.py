@@ -38,7 +38,7 @@ CANDIDATES = {
     "gaussians": {
         f"opacity{w}": dict(representation="gaussians", w_silhouette=1.0, gs_hull_prune=True, gs_w_opacity=w,
                             gs_reset_every=500)  # fmt: skip
-        for w in (0.2, 0.5, 1.0, 2.0)
+        for w in (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
     },
 }
 
@@ -65,17 +65,28 @@ def main() -> int:
     ap.add_argument("--steps-grid", type=int, default=1000)
     ap.add_argument("--steps-gaussians", type=int, default=1500)
     ap.add_argument("--out", default="bench-out/tune")
+    ap.add_argument("--only", nargs="+", help="fit only these candidates, merged into --out's earlier record")
     args = ap.parse_args()
     card = json.loads((Path(args.objects) / "card.json").read_text())
     household = set(card.get("household", {}).get("models", {}))
     val = card["splits"]["val"]
     ids = [i for i in val if str(i) not in household][: args.n_objects]
     ids += [i for i in val if str(i) in household][: args.n_objects]
-    record: dict = {"objects": ids, "command": " ".join([sys.executable, *sys.argv]), "results": {}}
+    record: dict = {"objects": ids, "commands": [" ".join(["python", *sys.argv])], "results": {}}
+    earlier = Path(args.out) / "tune_presets.json"
+    if args.only and earlier.is_file():
+        old = json.loads(earlier.read_text())
+        if old["objects"] != ids:
+            raise SystemExit(f"{earlier} was made on other objects ({old['objects']}); use another --out")
+        record["results"], record["commands"] = old["results"], old.get("commands", []) + record["commands"]
     for rep in args.representation:
         steps = args.steps_grid if rep == "grid" else args.steps_gaussians
-        rows = {}
+        rows = dict(record["results"].get(rep, {}).get("candidates", {}))
+        if rows and record["results"][rep]["steps"] != steps:
+            raise SystemExit(f"{earlier} used {record['results'][rep]['steps']} steps for {rep}, not {steps}")
         for name, preset in CANDIDATES[rep].items():
+            if args.only and name not in args.only:
+                continue
             cfg = FitConfig(**{**preset, "steps": steps, **({"upsample_step": steps // 3} if rep == "grid" else {})})
             t = time.perf_counter()
             lego = run_protocol(args.lego, "lego-3view-val", Path(args.out) / rep / name, cfg, progress=False,
@@ -92,7 +103,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tune_presets.json").write_text(json.dumps(record, indent=1))
-    print(f"wrote {out / 'tune_presets.json'}; reproduce: {' '.join(['python', *sys.argv])}")
+    print(f"wrote {out / 'tune_presets.json'}; reproduce: {' && '.join(record['commands'])}")
     return 0
 
 
