@@ -104,13 +104,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_config(args: argparse.Namespace):
+    """The per-scene method's config from the options: FitConfig (no prior) or IPSMConfig."""
+    from .methods.fit_config import FitConfig
+
+    if args.method == "ipsm":
+        from .methods.ipsm import IPSMConfig
+
+        return dataclass_from_args(IPSMConfig, args)
+    return dataclass_from_args(FitConfig, args)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from .data import load_scene
-    from .methods.fit_config import FitConfig
     from .methods.protocol_run import run_protocol
     from .methods.scene_fit import make_fitter
 
-    cfg = dataclass_from_args(FitConfig, args)
+    cfg = _fit_config(args)
     out = Path(args.out)
     if args.protocol:
         record = run_protocol(
@@ -139,7 +149,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .methods.fit_config import FitConfig
     from .methods.protocol_run import run_protocol
 
     out = Path(args.out)
@@ -147,7 +156,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.scene,
         args.protocol,
         out,
-        dataclass_from_args(FitConfig, args),
+        _fit_config(args),
         args.downscale,
         progress=not args.quiet,
         refit=args.refit,
@@ -450,7 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     from .methods.fit_config import FitConfig
+    from .methods.ipsm import IPSMOptions
 
+    method_help = ("fit: the per-scene fit alone (no prior); ipsm: 3D Gaussians guided by IPSM's inline priors "
+                   "(defaults: the Gaussian sparse preset; --ipsm-* options)")  # fmt: skip
     f = sub.add_parser("fit", help="fit a per-scene radiance field to posed views")
     f.add_argument("scene", help="scene folder (Blender, LLFF, DTU/IDR or COLMAP)")
     f.add_argument("--out", required=True, help="run folder (resumes from its checkpoint)")
@@ -460,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--downscale", type=float, default=1.0, help="divide image resolution by this factor")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.add_argument("--lpips-weights", help="LPIPS-alex weights for --protocol evaluation (default: env, cache)")
+    f.add_argument("--method", default="fit", choices=["fit", "ipsm"], help=method_help)
     add_dataclass_options(f, FitConfig)
+    add_dataclass_options(f, IPSMOptions)
     f.set_defaults(func=cmd_fit)
 
     e = sub.add_parser("eval", help="run a protocol: fit on its inputs, evaluate its evaluation views, write a report")
@@ -471,7 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--refit", action="store_true", help="discard a fit already in --out")
     e.add_argument("--lpips-weights", help="LPIPS-alex weights file or folder (default: $FEWVIEW_LPIPS_WEIGHTS, cache)")
     e.add_argument("--quiet", action="store_true")
+    e.add_argument("--method", default="fit", choices=["fit", "ipsm"], help=method_help)
     add_dataclass_options(e, FitConfig)
+    add_dataclass_options(e, IPSMOptions)
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("render", help="render a fitted run: turntable MP4/GIF with depth and opacity, dataset views")

@@ -4,11 +4,14 @@ from .cameras import CameraError, Cameras, check_rotations, intrinsics_matrix, r
 from .rays import Rays, camera_rays, pixel_centers, rays_from_pixels
 from .trajectories import (
     Circle3D,
+    PseudoViews,
+    annealed_sigmas,
     fit_circle,
     look_at,
     nearest_point_to_axes,
     orbit,
     orbit_basis,
+    pseudo_views,
     relative_to,
     sparsefusion_trajectory,
 )
@@ -17,7 +20,9 @@ __all__ = [
     "CameraError",
     "Cameras",
     "Circle3D",
+    "PseudoViews",
     "Rays",
+    "annealed_sigmas",
     "camera_rays",
     "check_rotations",
     "fit_circle",
@@ -27,6 +32,7 @@ __all__ = [
     "orbit",
     "orbit_basis",
     "pixel_centers",
+    "pseudo_views",
     "rays_from_pixels",
     "relative_to",
     "rigid_inverse",

@@ -160,3 +160,34 @@ def sparsefusion_trajectory(
     c2w = look_at(eye, target.expand_as(eye), circle.normal.expand_as(eye))
     K = cams.K[:1].double().expand(n, 3, 3).clone()
     return Cameras(c2w, K, cams.size[:1].expand(n, 2).clone())
+
+
+@dataclass
+class PseudoViews:
+    """Cameras near the inputs, in draw order: ``cameras[i]`` is input ``closest[i]`` moved by ``sigmas[i]``."""
+
+    cameras: Cameras
+    closest: Tensor  # (N,) index of the input camera each one perturbs (its closest training view)
+    sigmas: Tensor  # (N,) standard deviation of the perturbation, world units
+
+
+def annealed_sigmas(n: int, start: float = 0.01, end: float = 0.05) -> Tensor:
+    """IPSM's schedule: σ_i = end·max(start/end, (i+1)/n), rising linearly from ``start`` to ``end``."""
+    i = torch.arange(n, dtype=torch.float64)
+    return end * torch.clamp((i + 1) / max(n, 1), min=start / end)
+
+
+def pseudo_views(cams: Cameras, n: int, target: Tensor, scale: float, sigma: tuple[float, float] = (0.01, 0.05),
+                 generator: torch.Generator | None = None) -> PseudoViews:  # fmt: skip
+    """IPSM's unseen views: a random input camera whose centre and look-at point (``target``) are moved by
+    N(0, σ_i·scale) each, with σ annealed over the draw order (:func:`annealed_sigmas`); same up vector and
+    intrinsics. Used in order, so the perturbation grows as the fit proceeds."""
+    sig = annealed_sigmas(n, *sigma) * scale
+    closest = torch.randint(0, len(cams), (n,), generator=generator)
+    noise = torch.randn(n, 2, 3, generator=generator, dtype=torch.float64)
+    base = cams.c2w.double()[closest]
+    eye = base[:, :3, 3] + noise[:, 0] * sig[:, None]
+    tgt = target.double().reshape(1, 3) + noise[:, 1] * sig[:, None]
+    up = -base[:, :3, 1]
+    c2w = look_at(eye, tgt, up).to(cams.c2w.dtype)
+    return PseudoViews(Cameras(c2w, cams.K[closest].clone(), cams.size[closest].clone()), closest, sig)

@@ -14,18 +14,12 @@ def pixel_grid(h: int, w: int, device=None) -> tuple[Tensor, Tensor]:
     return u, v
 
 
-def inverse_warp(target_depth: Tensor, target_c2w: Tensor, target_K: Tensor, source_image: Tensor,
-                 source_depth: Tensor, source_c2w: Tensor, source_K: Tensor,
-                 rel_tol: float = 0.05) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Warp ``source_image`` into the target view through the target's depth (IPSM's inline prior).
-
-    Each target pixel with depth > 0 is back-projected, projected into the source (OpenCV cameras, z-depth)
-    and reads the source pixel it lands in. It is valid when it lands inside the source image on a surface
-    whose depth agrees within ``rel_tol`` (relative), i.e. the point is seen by the source view.
-    Shapes: depths (B,1,H,W), images (B,C,Hs,Ws), c2w (B,4,4), K (B,3,3). Returns (warped (B,C,H,W), valid).
-    """
+def reproject(target_depth: Tensor, target_c2w: Tensor, target_K: Tensor, source_c2w: Tensor,
+              source_K: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Back-project every target pixel through its z-depth and project it into the source camera (OpenCV,
+    z-depth). Returns ((u, v) source pixel coordinates (B,H,W,2), z in the source camera (B,H,W), and
+    whether the point lies in front of it with target depth > 0 (B,H,W)); float64."""
     b, _, h, w = target_depth.shape
-    hs, ws = source_image.shape[-2:]
     dt = target_depth[:, 0].to(torch.float64)
     u, v = pixel_grid(h, w, dt.device)
     pix = torch.stack([u, v, torch.ones_like(u)], -1).to(torch.float64)  # (H,W,3)
@@ -38,17 +32,72 @@ def inverse_warp(target_depth: Tensor, target_c2w: Tensor, target_K: Tensor, sou
     cam = torch.einsum("bij,bhwj->bhwi", w2c[:, :3, :3], world) + w2c[:, None, None, :3, 3]
     z = cam[..., 2]
     proj = torch.einsum("bij,bhwj->bhwi", source_K.double(), cam)
-    us, vs = proj[..., 0] / z.clamp_min(1e-9), proj[..., 1] / z.clamp_min(1e-9)
-    iu, iv = torch.floor(us).long(), torch.floor(vs).long()
-    inside = (dt > 0) & (z > 1e-6) & (iu >= 0) & (iu < ws) & (iv >= 0) & (iv < hs)
-    iu, iv = iu.clamp(0, ws - 1), iv.clamp(0, hs - 1)
-    flat = (iv * ws + iu).reshape(b, 1, h * w)
-    ds = source_depth.reshape(b, 1, -1).double().gather(2, flat).reshape(b, h, w)
+    uv = proj[..., :2] / z.clamp_min(1e-9)[..., None]
+    return uv, z, (dt > 0) & (z > 1e-6)
+
+
+def _nearest(img: Tensor, uv: Tensor, ok: Tensor) -> tuple[Tensor, Tensor]:
+    """Sample (B,C,Hs,Ws) at the pixels containing ``uv`` (nearest); (values (B,C,H,W), inside (B,H,W))."""
+    b, c, hs, ws = img.shape
+    iu, iv = torch.floor(uv[..., 0]).long(), torch.floor(uv[..., 1]).long()
+    inside = ok & (iu >= 0) & (iu < ws) & (iv >= 0) & (iv < hs)
+    flat = (iv.clamp(0, hs - 1) * ws + iu.clamp(0, ws - 1)).reshape(b, 1, -1)
+    out = img.reshape(b, c, -1).gather(2, flat.expand(-1, c, -1)).reshape(b, c, *uv.shape[1:3])
+    return out, inside
+
+
+def inverse_warp(target_depth: Tensor, target_c2w: Tensor, target_K: Tensor, source_image: Tensor,
+                 source_depth: Tensor, source_c2w: Tensor, source_K: Tensor,
+                 rel_tol: float = 0.05) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Warp ``source_image`` into the target view through the target's depth (IPSM's inline prior).
+
+    Each target pixel with depth > 0 is back-projected, projected into the source (OpenCV cameras, z-depth)
+    and reads the source pixel it lands in. It is valid when it lands inside the source image on a surface
+    whose depth agrees within ``rel_tol`` (relative), i.e. the point is seen by the source view.
+    Shapes: depths (B,1,H,W), images (B,C,Hs,Ws), c2w (B,4,4), K (B,3,3). Returns (warped (B,C,H,W), valid).
+    """
+    uv, z, ok = reproject(target_depth, target_c2w, target_K, source_c2w, source_K)
+    ds, inside = _nearest(source_depth.double(), uv, ok)
+    ds = ds[:, 0]
     valid = inside & (ds > 0) & ((z - ds).abs() < rel_tol * z)
-    img = source_image.reshape(b, source_image.shape[1], -1)
-    warped = img.gather(2, flat.expand(-1, img.shape[1], -1)).reshape(b, -1, h, w)
+    warped, _ = _nearest(source_image, uv, ok)
     valid = valid[:, None]
     return warped * valid.to(warped.dtype), valid
+
+
+def minmax_normalise(d: Tensor, where: Tensor) -> Tensor:
+    """Per image, (d - min) / (max - min) over the pixels ``where`` (B,1,H,W); 0 elsewhere."""
+    big = torch.finfo(d.dtype).max
+    lo = torch.where(where, d, torch.full_like(d, big)).flatten(1).min(1).values.view(-1, 1, 1, 1)
+    hi = torch.where(where, d, torch.full_like(d, -big)).flatten(1).max(1).values.view(-1, 1, 1, 1)
+    return torch.where(where, (d - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(d))
+
+
+def ipsm_warp(target_depth: Tensor, target_c2w: Tensor, target_K: Tensor, source_image: Tensor,
+              source_depth: Tensor, source_c2w: Tensor, source_K: Tensor, thresholds: tuple[float, ...] = (0.3, 0.1),
+              test: str = "minmax", rel_tol: float = 0.05) -> tuple[Tensor, Tensor, list[Tensor]]:  # fmt: skip
+    """IPSM's inline prior: the source image and the source's rendered depth inverse-warped into the target
+    (pseudo) view through the target's rendered depth, with one validity mask per threshold.
+
+    ``test="minmax"`` (IPSM's code): |norm(warped source depth) - norm(target depth)| < threshold, each depth
+    min-max normalised over its image's surface pixels (depth > 0). ``test="relative"``: fewview's
+    geometric test, the reprojected point's depth within ``rel_tol`` of the source depth (thresholds unused).
+    Target pixels with no surface (depth 0) are never valid. Returns (warped image (B,C,H,W) zero where
+    nothing lands, warped source depth (B,1,H,W), [valid (B,1,H,W) bool per threshold])."""
+    uv, z, ok = reproject(target_depth, target_c2w, target_K, source_c2w, source_K)
+    ds, inside = _nearest(source_depth.double(), uv, ok)
+    warped, _ = _nearest(source_image, uv, ok)
+    base = inside[:, None] & (ds > 0)
+    if test == "minmax":
+        dt = target_depth.double()
+        diff = (minmax_normalise(ds, ds > 0) - minmax_normalise(dt, dt > 0)).abs()
+        masks = [base & (diff < thr) for thr in thresholds]
+    elif test == "relative":
+        rel = base & ((z[:, None] - ds).abs() < rel_tol * z[:, None])
+        masks = [rel for _ in thresholds]
+    else:
+        raise ValueError(f"unknown warp test {test!r}: choose minmax or relative")
+    return warped * base.to(warped.dtype), ds.to(source_depth.dtype), masks
 
 
 def halves(h: int, w: int) -> Tensor:

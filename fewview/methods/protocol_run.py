@@ -84,7 +84,7 @@ def run_protocol(
         input_files.append(f"renders/input_{name}.png")
     record = {
         "protocol": split.protocol,
-        "method": f"fit-{cfg.representation}",
+        "method": getattr(cfg, "method", "") or f"fit-{cfg.representation}",
         "scene": str(scene_path),
         "input_views": list(split.inputs),
         "input_split": split.input_split,

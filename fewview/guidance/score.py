@@ -1,0 +1,85 @@
+"""Score distillation through a latent diffusion prior, as named loss terms.
+
+Every term has the form ``w · 0.5·mean((z − sg(z − g))²)``: its gradient with respect to the latent ``z``
+is ``w · g / numel(z)``, where ``g`` is a weighted score difference (IPSM's code reduces with the mean; SDS
+uses the same reduction here so that the weights of both compare). Renders reach ``z`` through the VAE's
+encoder, so the gradient flows into whatever rendered the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..diffusion.samplers import sds_loss
+
+WEIGHTINGS = ("sds", "ipsm", "none")
+
+
+@dataclass
+class ScorePrior:
+    """A latent diffusion model with one condition: ``eps(x_t, t)`` with classifier-free guidance."""
+
+    model: object  # LatentDiffusion (or InpaintingLDM)
+    cond: dict | None = None
+    guidance: float = 1.0
+
+    def eps(self, x_t: Tensor, t: int) -> Tensor:
+        with torch.no_grad():
+            out = self.model.predict(x_t, t, self.cond, self.guidance)
+            return self.model.schedule.eps_x0(out, x_t, t)[0]
+
+
+def inpaint_prior(model, image: Tensor, unknown: Tensor, guidance: float = 1.0) -> ScorePrior:
+    """The inpainting model conditioned on ``image`` (B,3,H,W) with ``unknown`` (B,1,H,W) pixels to generate;
+    ``unknown`` all ones gives its plain prior (what it generates when it sees nothing)."""
+    with torch.no_grad():
+        return ScorePrior(model, model.inpaint_condition(image, unknown.to(image)), guidance)
+
+
+def weight(schedule, t: int, like: Tensor, weighting: str) -> Tensor:
+    a = schedule.alpha_bar(int(t), like)
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}: choose one of {WEIGHTINGS}")
+    return {"sds": 1 - a, "ipsm": a, "none": torch.ones_like(a)}[weighting]
+
+
+def noisy(schedule, z: Tensor, t: int, noise: Tensor) -> Tensor:
+    tt = torch.full((z.shape[0],), int(t), dtype=torch.long)
+    return schedule.add_noise(z.detach(), noise, tt)
+
+
+def sds_terms(prior: ScorePrior, z: Tensor, t: int, noise: Tensor, weighting: str = "sds",
+              scale: float = 1.0, name: str = "sds") -> dict[str, Tensor]:  # fmt: skip
+    """DreamFusion's SDS on latents ``z``: g = w(t)·(ε̂(z_t, t) − ε)."""
+    sched = prior.model.schedule
+    g = weight(sched, t, z, weighting) * (prior.eps(noisy(sched, z, t, noise), t) - noise)
+    return {name: scale * sds_loss(z, g, reduction="mean")}
+
+
+def ipsm_terms(rectified: ScorePrior, plain: ScorePrior, z: Tensor, t: int, noise: Tensor,
+               w_rectified: float = 0.2, w_difference: float = 2.0,
+               weighting: str = "ipsm") -> dict[str, Tensor]:  # fmt: skip
+    """IPSM's two terms at one (t, ε): the rectified distribution's score against the noise,
+    g₁ = w(t)·(ε_rect − ε), and against the plain prior's score, g₂ = w(t)·(ε_rect − ε_plain).
+    ``weighting="ipsm"`` is the official code's w(t) = ᾱ_t; ``"sds"`` the paper's 1 − ᾱ_t."""
+    sched = rectified.model.schedule
+    x_t = noisy(sched, z, t, noise)
+    e_rect, e_plain = rectified.eps(x_t, t), plain.eps(x_t, t)
+    w = weight(sched, t, z, weighting)
+    return {
+        "ipsm_rectified": w_rectified * sds_loss(z, w * (e_rect - noise), reduction="mean"),
+        "ipsm_difference": w_difference * sds_loss(z, w * (e_rect - e_plain), reduction="mean"),
+    }
+
+
+def to_prior_size(x: Tensor, size: int, mode: str = "bilinear") -> Tensor:
+    """Resize (B,C,H,W) to the prior's square size, ignoring the aspect ratio as IPSM's code does."""
+    if x.shape[-2:] == (size, size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=(size, size), mode="nearest")
+    return F.interpolate(x, size=(size, size), mode=mode, align_corners=False)
