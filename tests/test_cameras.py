@@ -297,3 +297,35 @@ def test_validation_errors():
     reflect[0, 0] = -1
     with pytest.raises(CameraError, match="not orthonormal"):
         Cameras(reflect, intrinsics_matrix(1, 1, 1, 1), torch.tensor([2, 2])).validate()
+
+
+def test_input_orbit_from_two_views():
+    """SparseFusion's fitted circle needs >= 3 cameras; the inputs' orbit works from 2 (and 1): every camera looks
+    at the object, and the path passes within 4 degrees (seen from the object) of each input, whose elevations
+    differ by 6 degrees."""
+    from fewview.cameras import CameraError, input_orbit, sparsefusion_trajectory
+
+    target = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
+    K = intrinsics_matrix(60.0, 60.0, 32.0, 32.0)
+    eyes = []
+    for az, el in ((0.0, 20.0), (60.0, 26.0)):
+        a, e = math.radians(az), math.radians(el)
+        eyes.append(target + 3.0 * torch.tensor([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)]))
+    eye = torch.stack(eyes)
+    c2w = look_at(eye, target.expand(2, 3), torch.tensor([0.0, 0.0, 1.0]).expand(2, 3))
+    cams = Cameras(c2w.float(), K.float().expand(2, 3, 3).clone(), torch.tensor([64, 64]))
+    with pytest.raises(CameraError):
+        sparsefusion_trajectory(cams, 50)
+    for inputs in (cams, cams[:1]):
+        path = input_orbit(inputs, 50, target=target)
+        assert len(path) == 50
+        d = path.centers.double() - target
+        axis = path.c2w[:, :3, 2].double()
+        cos_axis = (axis * -d).sum(-1) / d.norm(dim=-1)
+        assert (cos_axis > 1 - 1e-6).all()  # every camera looks straight at the object
+        for c in inputs.centers.double():
+            v = c - target
+            cos = (d @ v) / (d.norm(dim=-1) * v.norm())
+            assert math.degrees(math.acos(min(float(cos.max()), 1.0))) < 4.0
+    # default target: the point nearest both optical axes, here the object itself
+    assert torch.allclose(input_orbit(cams, 8).centers.double().mean(0)[:2], target[:2], atol=1e-3)

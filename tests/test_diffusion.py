@@ -159,7 +159,8 @@ def test_multistep_denoise_step_count(t, method):
     out, info = multistep_denoise(fn, x0, t, s, method=method, generator=torch.Generator().manual_seed(5))
     n = max(min(math.floor(100 * t), 50), 1)
     assert multistep_steps(t) == n and info["steps"] == n
-    assert info["t_index"] == min(int(t * 1000), 999) and calls[0] == info["t_index"]
+    # step i holds continuous time (i + 1) / T: t = 0.237 is step 236, t = 0.005 step 4
+    assert info["t_index"] == {0.005: 4, 0.05: 49, 0.237: 236, 0.5: 499, 0.99: 989}[t] and calls[0] == info["t_index"]
     assert len(calls) == n + (1 if method == "plms" and n > 1 else 0)
     torch.testing.assert_close(out, x0, atol=1e-8, rtol=0)
 
@@ -445,3 +446,23 @@ def test_ddp_two_processes_match_one_process(objects_root, vae_dir, tmp_path):
             "--model-block-out-channels", "16", "32", "--model-attention", "0", "1", "--model-norm-num-groups", "8",
             "--model-attention-head-dim", "8"]  # fmt: skip
     assert ddp_weight_gap(args, tmp_path) < 1e-5
+
+
+def test_cosine_schedule_matches_its_closed_form():
+    """SparseFusion's VLDM schedule: ᾱ(t) = cos²((t + 0.008)/1.008·π/2); at t = 0.5 it is 0.494 and at t = 0.3
+    0.787 (Stable Diffusion's scaled-linear schedule has 0.28 and 0.59 there), and the multi-step denoiser
+    noises to the ᾱ of the schedule it is given at the drawn t."""
+    from fewview.diffusion.schedule import cosine_alpha_bar
+
+    assert abs(float(cosine_alpha_bar(0.5)) - math.cos(0.508 / 1.008 * math.pi / 2) ** 2) < 1e-12
+    assert abs(float(cosine_alpha_bar(0.5)) - 0.4938) < 1e-3 and abs(float(cosine_alpha_bar(0.3)) - 0.7868) < 1e-3
+    cos = NoiseSchedule(1000, "squaredcos_cap_v2")
+    sd = NoiseSchedule()
+    x0 = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    for t in (0.05, 0.3, 0.5, 0.8, 0.95):
+        want = float(cosine_alpha_bar(t) / cosine_alpha_bar(0.0))
+        got = float(cos.alpha_bar(cos.continuous_to_index(t), x0).flatten()[0])
+        assert abs(got - want) < 1e-6, (t, got, want)
+        _, info = multistep_denoise(oracle(cos, x0), x0, t, cos, method="ddim")
+        assert abs(info["alpha_bar"] - want) < 1e-6
+    assert float(sd.alpha_bar(sd.continuous_to_index(0.5), x0).flatten()[0]) < 0.3  # the schedule the issue flagged

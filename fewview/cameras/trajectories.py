@@ -162,6 +162,51 @@ def sparsefusion_trajectory(
     return Cameras(c2w, K, cams.size[:1].expand(n, 2).clone())
 
 
+def orbit_axis(cams: Cameras) -> Tensor:
+    """The world direction that is "up" in every image: orthogonal to all the cameras' x axes (exact for
+    cameras made by look_at with one up vector), signed like their mean image-up (-y); for one camera, or x axes
+    that do not pin it down, the mean image-up itself."""
+    mean_up = _normalize(-cams.R[:, :, 1].double().mean(0))
+    if len(cams) < 2:
+        return mean_up
+    _, sv, vh = torch.linalg.svd(cams.R[:, :, 0].double())
+    if float(sv[1]) < 1e-3 * float(sv[0]):
+        return mean_up
+    axis = vh[-1]
+    return axis if float(axis @ mean_up) >= 0 else -axis
+
+
+def input_orbit(cams: Cameras, n: int = 50, target: Tensor | None = None, elevation_jitter: float = 0.0,
+                generator: torch.Generator | None = None) -> Cameras:  # fmt: skip
+    """A distillation path from the input cameras alone (any number, 1 included): ``n`` cameras on the circle
+    about the axis through ``target`` (default: the point nearest the inputs' optical axes, or 3 units ahead of
+    a single camera) along their common up direction (:func:`orbit_axis`), at their mean height and mean
+    distance from that axis, starting at input 0, all looking at ``target``; optional out-of-plane jitter as
+    SparseFusion's."""
+    c = cams.centers.double()
+    up = orbit_axis(cams)
+    if target is None:
+        target = nearest_point_to_axes(cams) if len(cams) >= 2 else c[0] + 3 * cams.R[0, :, 2].double()
+    target = torch.as_tensor(target, dtype=torch.float64)
+    rel = c - target
+    height = rel @ up
+    horizontal = rel - height[:, None] * up
+    radius = float(horizontal.norm(dim=-1).mean())
+    if radius < 1e-9:
+        raise CameraError("input_orbit: the inputs lie on the up axis through the target; no orbit around it")
+    u = _normalize(horizontal[0]) if float(horizontal[0].norm()) > 1e-9 else orbit_basis(up)[0]
+    v = torch.linalg.cross(up, u)
+    circle = Circle3D(target + float(height.mean()) * up, up, radius, u, v)
+    theta = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
+    eye = circle.point(theta)
+    if elevation_jitter > 0:
+        jit = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * elevation_jitter
+        radial = eye - circle.center
+        eye = circle.center + torch.cos(jit)[:, None] * radial + torch.sin(jit)[:, None] * radius * up
+    c2w = look_at(eye, target.expand_as(eye), up.expand_as(eye))
+    return Cameras(c2w.to(cams.c2w.dtype), cams.K[:1].expand(n, 3, 3).clone(), cams.size[:1].expand(n, 2).clone())
+
+
 @dataclass
 class PseudoViews:
     """Cameras near the inputs, in draw order: ``cameras[i]`` is input ``closest[i]`` moved by ``sigmas[i]``."""

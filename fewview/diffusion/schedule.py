@@ -3,6 +3,8 @@ x0-parameterisations of a denoiser's output."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -55,8 +57,9 @@ class NoiseSchedule:
         return sa * out + s1 * x_t, sa * x_t - s1 * out  # v = √ᾱ ε − √(1−ᾱ) x0
 
     def continuous_to_index(self, t: float) -> int:
-        """Discrete timestep for continuous time t ∈ [0, 1)."""
-        return min(max(int(t * self.T), 0), self.T - 1)
+        """Discrete timestep for continuous time t ∈ (0, 1]: step i holds time (i + 1) / T (diffusers' betas are
+        built so), so the nearest is round(t·T) − 1."""
+        return min(max(round(t * self.T) - 1, 0), self.T - 1)
 
     def diffusers_scheduler(self, kind: str):
         """A diffusers DDIM or PNDM (PLMS) scheduler on this schedule, taking ε and ending at ᾱ = 1."""
@@ -80,3 +83,11 @@ class NoiseSchedule:
         """``steps`` evenly spaced timesteps from ``t_start`` down, plus -1: the path of the multi-step denoiser."""
         steps = max(int(steps), 1)
         return [round(t_start * (1 - k / steps)) for k in range(steps)] + [-1]
+
+
+def cosine_alpha_bar(t, s: float = 0.008):
+    """ᾱ(t) = cos²((t + s)/(1 + s)·π/2) of the continuous-time cosine schedule (Nichol & Dhariwal; SparseFusion's
+    VLDM through imagen-pytorch's log-SNR form, log SNR = −log(cos⁻²(·) − 1)). ``beta_schedule="squaredcos_cap_v2"``
+    is its discretisation: step i has ᾱ((i + 1)/T) / ᾱ(0)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
