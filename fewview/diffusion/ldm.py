@@ -54,17 +54,25 @@ class LDMConfig:
 class LatentDiffusion(nn.Module):
     """A denoiser in latent space with its noise schedule and (frozen, unregistered) VAE."""
 
+    tasks = TASKS
+    config_class = LDMConfig
+
+    def condition_channels(self) -> int:
+        """Channels concatenated to the noisy latent: the condition of the task."""
+        lc = self.config.latent_channels
+        return {"inpaint": lc + 1, "view": lc, "unconditional": 0}[self.config.task]
+
     def __init__(self, config: LDMConfig | None = None, vae: nn.Module | None = None, unet: nn.Module | None = None):
         super().__init__()
-        self.config = c = config or LDMConfig()
-        if c.task not in TASKS:
-            raise ValueError(f"task {c.task!r}: choose one of {TASKS}")
+        self.config = c = config or self.config_class()
+        if c.task not in self.tasks:
+            raise ValueError(f"task {c.task!r}: choose one of {self.tasks}")
         if c.prediction not in PREDICTIONS:
             raise ValueError(f"prediction {c.prediction!r}: choose one of {PREDICTIONS}")
         if len(c.attention) != len(c.block_out_channels):
             raise ValueError("give one attention flag per UNet level")
         lc = c.latent_channels
-        self.concat_channels = {"inpaint": lc + 1, "view": lc, "unconditional": 0}[c.task]
+        self.concat_channels = self.condition_channels()
         self.uses_context = c.task == "view" or (unet is not None and hasattr(unet.config, "cross_attention_dim"))
         kw = dict(sample_size=c.latent_size, in_channels=lc + self.concat_channels, out_channels=lc,
                   block_out_channels=tuple(c.block_out_channels), layers_per_block=c.layers_per_block,
@@ -298,3 +306,5 @@ class InpaintConfig(LDMConfig):
 @register_model("inpaint", InpaintConfig)
 class InpaintingLDM(LatentDiffusion):
     """The inpainting prior (IPSM's ε_inp): :class:`LatentDiffusion` with ``task="inpaint"``."""
+
+    config_class = InpaintConfig
