@@ -126,3 +126,15 @@ def test_refuses_bad_input_in_one_line(tmp_path, posed):
 def test_registration_threshold():
     assert [required_registered(n, PosesOptions()) for n in (2, 3, 4, 5, 10, 40)] == [2, 3, 4, 3, 5, 20]
     assert required_registered(10, PosesOptions(min_registered=8)) == 8
+
+
+def test_the_posed_scene_works_with_info_and_fit(posed, tmp_path, capsys):
+    from fewview.cli import main
+
+    out, _, _ = posed
+    assert main(["info", str(out)]) == 0
+    assert "20 views" in capsys.readouterr().out
+    run = tmp_path / "fit"
+    assert main(["fit", str(out), "--views", "0,7,14", "--steps", "5", "--out", str(run), "--quiet",
+                 "--w-silhouette", "1"]) == 0  # fmt: skip
+    assert (run / "checkpoint" / "meta.json").is_file()
