@@ -70,3 +70,29 @@ def test_ddp_two_processes_match_one_process(objects_root, tmp_path):
             "--context-min", "2", "--context-max", "3", "--checkpoint-every", "2", "--eval-every", "0", "--device",
             "cpu", "--quiet", *TINY_ARGS]  # fmt: skip
     assert ddp_weight_gap(args, tmp_path) < 1e-5
+
+
+def test_multistep_loss_weight_and_target(objects_root):
+    """SparseFusion's distillation term: its target x̂0 is the decoded multi-step denoise of the encoded render on
+    the VLDM's cosine schedule, and its weight is 1 − ᾱ_t of that schedule at the drawn t."""
+    from fewview.diffusion.schedule import cosine_alpha_bar
+    from fewview.guidance import multistep_terms
+
+    torch.manual_seed(0)
+    model = VLDM(VLDMConfig(**TINY)).eval()
+    src = ObjectsSource(objects_root, "train")
+    imgs, _, cams = src.views(0, [0, 1])
+    target = src.views(0, [3])[2]
+    cond, _ = model.condition(imgs, cams, target)
+    render = src.views(0, [3])[0].clone().requires_grad_(True)
+    t = 0.3
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    terms = multistep_terms(model, render, cond, t, noise=noise)
+    with torch.no_grad():
+        z0, info = model.multistep_denoise(model.vae.encode(render), t, cond, noise=noise)
+        x0 = model.vae.decode(z0).clamp(0, 1)
+    w = 1 - float(cosine_alpha_bar(t) / cosine_alpha_bar(0.0))
+    assert abs(info["alpha_bar"] - (1 - w)) < 1e-6 and info["steps"] == 30
+    torch.testing.assert_close(terms["multistep_l1"], w * (render - x0).abs().mean())
+    terms["multistep_l1"].backward()
+    torch.testing.assert_close(render.grad, w * torch.sign(render - x0) / render.numel())

@@ -83,3 +83,20 @@ def to_prior_size(x: Tensor, size: int, mode: str = "bilinear") -> Tensor:
     if mode == "nearest":
         return F.interpolate(x, size=(size, size), mode="nearest")
     return F.interpolate(x, size=(size, size), mode=mode, align_corners=False)
+
+
+def multistep_terms(model, render: Tensor, cond: dict | None, t: float, noise: Tensor | None = None,
+                    perceptual=None, w_perceptual: float = 0.1, method: str = "plms",
+                    generator: torch.Generator | None = None) -> dict[str, Tensor]:  # fmt: skip
+    """SparseFusion's multi-step distillation loss for ``render`` (B,3,H,W) in [0, 1]: encode it, noise the latent
+    to continuous time ``t`` on the model's own schedule, denoise back in min(⌊100t⌋, 50) steps, decode x̂0 and
+    compare: (1 − ᾱ_t)·L1(render, sg(x̂0)) and ``w_perceptual``·perceptual(render, sg(x̂0)) (LPIPS)."""
+    with torch.no_grad():
+        z = model.vae.encode(render.detach())
+        z0, info = model.multistep_denoise(z, t, cond, noise=noise, generator=generator, method=method)
+        target = model.vae.decode(z0).clamp(0, 1)
+    w = 1 - info["alpha_bar"]
+    terms = {"multistep_l1": w * (render - target).abs().mean()}
+    if perceptual is not None and w_perceptual > 0:
+        terms["multistep_perceptual"] = w_perceptual * perceptual(render, target)
+    return terms
