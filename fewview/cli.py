@@ -105,13 +105,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _fit_config(args: argparse.Namespace):
-    """The per-scene method's config from the options: FitConfig (no prior) or IPSMConfig."""
+    """The per-scene method's config from the options: FitConfig (no prior), IPSMConfig or SparseFusionConfig."""
     from .methods.fit_config import FitConfig
 
     if args.method == "ipsm":
         from .methods.ipsm import IPSMConfig
 
         return dataclass_from_args(IPSMConfig, args)
+    if args.method == "sparsefusion":
+        from .methods.sparsefusion import SparseFusionConfig
+
+        return dataclass_from_args(SparseFusionConfig, args)
     return dataclass_from_args(FitConfig, args)
 
 
@@ -460,9 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .methods.fit_config import FitConfig
     from .methods.ipsm import IPSMOptions
+    from .methods.sparsefusion import SparseFusionOptions
 
     method_help = ("fit: the per-scene fit alone (no prior); ipsm: 3D Gaussians guided by IPSM's inline priors "
-                   "(defaults: the Gaussian sparse preset; --ipsm-* options)")  # fmt: skip
+                   "(defaults: the Gaussian sparse preset; --ipsm-* options); sparsefusion: the VLDM distilled "
+                   "into a field (defaults: the field's sparse preset; --sf-* options)")  # fmt: skip
     f = sub.add_parser("fit", help="fit a per-scene radiance field to posed views")
     f.add_argument("scene", help="scene folder (Blender, LLFF, DTU/IDR or COLMAP)")
     f.add_argument("--out", required=True, help="run folder (resumes from its checkpoint)")
@@ -472,9 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--downscale", type=float, default=1.0, help="divide image resolution by this factor")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     f.add_argument("--lpips-weights", help="LPIPS-alex weights for --protocol evaluation (default: env, cache)")
-    f.add_argument("--method", default="fit", choices=["fit", "ipsm"], help=method_help)
+    f.add_argument("--method", default="fit", choices=["fit", "ipsm", "sparsefusion"], help=method_help)
     add_dataclass_options(f, FitConfig)
     add_dataclass_options(f, IPSMOptions)
+    add_dataclass_options(f, SparseFusionOptions)
     f.set_defaults(func=cmd_fit)
 
     e = sub.add_parser("eval", help="run a protocol: fit on its inputs, evaluate its evaluation views, write a report")
@@ -485,9 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--refit", action="store_true", help="discard a fit already in --out")
     e.add_argument("--lpips-weights", help="LPIPS-alex weights file or folder (default: $FEWVIEW_LPIPS_WEIGHTS, cache)")
     e.add_argument("--quiet", action="store_true")
-    e.add_argument("--method", default="fit", choices=["fit", "ipsm"], help=method_help)
+    e.add_argument("--method", default="fit", choices=["fit", "ipsm", "sparsefusion"], help=method_help)
     add_dataclass_options(e, FitConfig)
     add_dataclass_options(e, IPSMOptions)
+    add_dataclass_options(e, SparseFusionOptions)
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("render", help="render a fitted run: turntable MP4/GIF with depth and opacity, dataset views")

@@ -15,12 +15,17 @@ from .gaussian_fit import GaussianFitter, load_gaussian_fit
 
 
 def make_fitter(scene: Scene, inputs: list[int], cfg: FitConfig, run_dir: str | Path | None = None):
-    """The fitter for ``cfg``: IPSM's for an ``IPSMConfig``, else by representation: :class:`Fitter` for fields,
-    :class:`GaussianFitter` for Gaussians."""
-    if getattr(cfg, "method", "") == "ipsm":
+    """The fitter for ``cfg``: IPSM's or SparseFusion's for their configs, else by representation:
+    :class:`Fitter` for fields, :class:`GaussianFitter` for Gaussians."""
+    method = getattr(cfg, "method", "")
+    if method == "ipsm":
         from .ipsm import IPSMFitter
 
         return IPSMFitter(scene, inputs, cfg, run_dir)
+    if method == "sparsefusion":
+        from .sparsefusion import SparseFusionFitter
+
+        return SparseFusionFitter(scene, inputs, cfg, run_dir)
     if cfg.representation == "gaussians":
         return GaussianFitter(scene, inputs, cfg, run_dir)
     return Fitter(scene, inputs, cfg, run_dir)

@@ -1,0 +1,162 @@
+"""SparseFusion (Zhou & Tulsiani, CVPR 2023): a view-conditioned latent diffusion model (VLDM, conditioned on
+the EFT's features) distilled into a per-scene radiance field.
+
+The pipeline:
+
+1. **Distillation path.** ``sf_path_cameras`` cameras on an orbit of the input cameras
+   (:func:`~fewview.cameras.input_orbit`, from 2 views or even 1) with ±``sf_jitter`` rad of out-of-plane jitter.
+   ``sf_path="official"`` reproduces the official code: the circle fitted to *all* the scene's cameras, plus
+   those cameras themselves. That reads the evaluation poses (not their images), so it leaks; it exists to
+   reproduce the paper's numbers.
+2. **EFT cache.** For every path camera, the VLDM's condition (the EFT feature grid at the latent resolution)
+   and the EFT's colour (upsampled from that grid, as the official code upsamples 32² to 256²), computed once.
+3. **Input views**, every step: the field fit's colour loss on rays of the input views (with the sparse
+   preset's silhouette and regularisers), plus an opacity regulariser.
+4. **EFT bootstrap**, the first ``sf_bootstrap`` of the steps: a random path camera is rendered and pulled
+   towards the cached EFT colour (Huber, δ = 0.1) and its silhouette (EFT colour off the background).
+5. **Multi-step distillation**, afterwards: t ~ U(0, ``sf_t_max``) on the VLDM's own (cosine) schedule; the
+   render is encoded, noised to t, denoised back in min(⌊100t⌋, 50) PLMS steps and decoded to x̂0; the loss is
+   (1 − ᾱ_t)·L1(render, x̂0) + ``sf_w_perceptual``·LPIPS(render, x̂0).
+
+The VLDM and its EFT are loaded once and never written into the scene's checkpoint. Renders for the prior are
+made at the VLDM's image size (64² for the shipped model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field as option
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..cameras import Cameras, camera_rays, input_orbit, sparsefusion_trajectory
+from ..data import Scene
+from ..guidance import multistep_terms
+from .fit import Fitter
+from .fit_config import SPARSE_PRESET, FitConfig
+
+PATHS = ("inputs", "official")
+
+
+@dataclass
+class SparseFusionOptions:
+    sf_model: str = option(default="vldm", metadata={"help": "VLDM (shipped name or folder)"})
+    sf_path: str = option(default="inputs", metadata={"help": "inputs | official (fits all scene cameras: leaks)"})
+    sf_path_cameras: int = option(default=50, metadata={"help": "cameras on the distillation orbit"})
+    sf_jitter: float = option(default=0.17, metadata={"help": "out-of-plane jitter of the orbit, radians"})
+    sf_bootstrap: float = option(default=1 / 3, metadata={"help": "fraction of steps on the EFT's renders"})
+    sf_huber: float = option(default=0.1, metadata={"help": "Huber δ of the colour losses"})
+    sf_w_novel: float = option(default=1.0, metadata={"help": "weight of the novel-view step"})
+    sf_w_perceptual: float = option(default=0.1, metadata={"help": "LPIPS weight of the distillation loss"})
+    sf_w_opacity_reg: float = option(default=1e-3, metadata={"help": "mean sqrt(w^2 + 0.01) of the ray weights"})
+    sf_t_max: float = option(default=0.99, metadata={"help": "largest continuous t drawn"})
+    sf_guidance: float = option(default=1.0, metadata={"help": "classifier-free guidance (official: 1, none)"})
+    sf_eft_mask: float = option(default=0.1, metadata={"help": "EFT colour this far from the background = object"})
+
+
+@dataclass
+class SparseFusionConfig(FitConfig, SparseFusionOptions):
+    """The field fit's options (defaults: ``SPARSE_PRESET``) and SparseFusion's."""
+
+    steps: int = option(default=1500, metadata={"help": "optimisation steps"})
+    upsample_step: int = option(default=500, metadata={"help": "grid upsampling step"})
+    grid_res: int = option(default=SPARSE_PRESET["grid_res"], metadata={"help": "initial grid resolution"})
+    grid_res_final: int = option(default=SPARSE_PRESET["grid_res_final"], metadata={"help": "final grid"})
+    w_rgb_per_sample: float = option(default=SPARSE_PRESET["w_rgb_per_sample"], metadata={"help": "per-sample rgb"})
+    w_entropy: float = option(default=SPARSE_PRESET["w_entropy"], metadata={"help": "opacity entropy"})
+    w_silhouette: float = option(default=SPARSE_PRESET["w_silhouette"], metadata={"help": "mask loss"})
+    w_tv: float = option(default=SPARSE_PRESET["w_tv"], metadata={"help": "total variation"})
+    method: str = option(default="sparsefusion", metadata={"help": "the method this config runs"})
+
+
+def distillation_path(scene: Scene, inputs: list[int], cfg: SparseFusionConfig, generator) -> Cameras:
+    """The cameras of step 1. Only ``"official"`` reads cameras other than the inputs'."""
+    if cfg.sf_path not in PATHS:
+        raise ValueError(f"sf_path {cfg.sf_path!r}: choose one of {PATHS}")
+    if cfg.sf_path == "inputs":
+        return input_orbit(scene.cameras[inputs], cfg.sf_path_cameras, elevation_jitter=cfg.sf_jitter,
+                           generator=generator)  # fmt: skip
+    orbit = sparsefusion_trajectory(scene.cameras, cfg.sf_path_cameras, cfg.sf_jitter, generator)
+    every = scene.cameras.resize(int(orbit.size[0, 0]), int(orbit.size[0, 1]))
+    return Cameras.cat([orbit.to(torch.float32), every.to(torch.float32)])
+
+
+class SparseFusionFitter(Fitter):
+    """:class:`Fitter` plus SparseFusion's EFT bootstrap and multi-step distillation on the orbit's cameras."""
+
+    def __init__(self, scene: Scene, inputs: list[int], cfg: SparseFusionConfig, run_dir: str | Path | None = None):
+        super().__init__(scene, inputs, cfg, run_dir)
+        from ..pretrained import from_pretrained, resolve_model_dir
+
+        self.vldm = from_pretrained(resolve_model_dir(cfg.sf_model), self.device).eval().requires_grad_(False)
+        size = int(self.vldm.config.latent_size * self.vldm.vae.downsample)
+        g = torch.Generator().manual_seed(cfg.seed + 2)
+        self.path = distillation_path(scene, self.inputs, cfg, g).resize(size, size).to(torch.float32)
+        self.size = size
+        self.cache_eft()
+
+    # ---------------------------------------------------------------- EFT cache
+    @torch.no_grad()
+    def cache_eft(self) -> None:
+        bg = self.state.background.view(3, 1, 1).cpu()
+        ctx = self.train.images if self.train.masks is None else self.train.composite(bg.flatten().tolist())
+        ctx = F.interpolate(ctx.float(), size=(self.size, self.size), mode="area")
+        ctx_cams = self.train.cameras.resize(self.size, self.size)
+        self.cond, self.eft_rgb = [], []
+        for i in range(len(self.path)):
+            cond, rgb = self.vldm.condition(ctx, ctx_cams, self.path[i])
+            self.cond.append(cond["concat"])
+            self.eft_rgb.append(F.interpolate(rgb, size=(self.size, self.size), mode="bilinear")[0])
+        self.eft_rgb = torch.stack(self.eft_rgb)
+        self.eft_mask = ((self.eft_rgb - bg).abs().mean(1, keepdim=True) > self.cfg.sf_eft_mask).float()
+
+    # ------------------------------------------------------------------ novel
+    def render_path(self, i: int):
+        """Full render (with gradient) of path camera ``i`` at the VLDM's size: (rgb (1,3,S,S), opacity, out)."""
+        rays = camera_rays(self.path[i], dtype=torch.float32)
+        o, d = rays.origins.reshape(-1, 3).to(self.device), rays.directions.reshape(-1, 3).to(self.device)
+        out = self.state.render_rays(o, d, perturb=True, generator=self.gen)
+        s = self.size
+        return out.rgb.reshape(1, s, s, 3).permute(0, 3, 1, 2), out.opacity.reshape(1, 1, s, s), out
+
+    def novel_terms(self) -> dict[str, Tensor]:
+        c = self.cfg
+        i = int(torch.randint(0, len(self.path), (1,), generator=self.gen))
+        rgb, opacity, _ = self.render_path(i)
+        if self.step < int(c.sf_bootstrap * c.steps):
+            return {"eft_colour": F.huber_loss(rgb[0], self.eft_rgb[i], delta=c.sf_huber),
+                    "eft_silhouette": F.huber_loss(opacity[0], self.eft_mask[i], delta=c.sf_huber)}  # fmt: skip
+        t = float(torch.rand(1, generator=self.gen)) * c.sf_t_max
+        t = min(max(t, 1.0 / self.vldm.schedule.T), c.sf_t_max)
+        noise = torch.randn(1, self.vldm.config.latent_channels, *self.cond[i].shape[-2:], generator=self.gen)
+        perceptual = self.perceptual if c.sf_w_perceptual > 0 else None
+        return multistep_terms(self.vldm, rgb, {"concat": self.cond[i]}, t, noise.to(rgb), perceptual,
+                               c.sf_w_perceptual)  # fmt: skip
+
+    def losses(self, idx: Tensor):
+        c = self.cfg
+        loss, terms, out = super().losses(idx)
+        if c.sf_w_opacity_reg > 0:
+            reg = torch.sqrt(out.weights**2 + 0.01).mean()
+            loss = loss + c.sf_w_opacity_reg * reg
+            terms["opacity_reg"] = float(reg.detach())
+        if c.sf_w_novel > 0:
+            for name, value in self.novel_terms().items():
+                loss = loss + c.sf_w_novel * value
+                terms[name] = float(value.detach())
+        return loss, terms, out
+
+    def run(self, progress: bool = True, callback=None):
+        from .runs import fit_loop
+
+        def postfix(terms, n, sec):
+            shown = {"psnr": f"{terms['psnr']:.2f}"}
+            for k in ("eft_colour", "multistep_l1", "multistep_perceptual"):
+                if k in terms:
+                    shown[k] = f"{terms[k]:.3f}"
+            return shown
+
+        return fit_loop(self, "fit sparsefusion", postfix, progress, callback)
