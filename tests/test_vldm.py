@@ -169,3 +169,18 @@ def test_sparsefusion_never_reads_evaluation_views(tiny_vldm, monkeypatch):
     b = SparseFusionFitter(bad, [0, 1], cfg).run(progress=False)
     for (k, va), vb in zip(a.field.state_dict().items(), b.field.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
+
+
+@pytest.mark.parametrize("objective", ["sds", "eft", "samples"])
+def test_sparsefusion_baseline_objectives(tiny_vldm, objective):
+    from fewview.data import load_blender
+    from fewview.methods.sparsefusion import SparseFusionFitter
+
+    scene = load_blender(EXAMPLE, "train")
+    fit = SparseFusionFitter(scene, [0, 1], sf_config(tiny_vldm, sf_objective=objective, sf_sample_steps=2))
+    fit.step = 5  # past the bootstrap
+    terms = fit.novel_terms()
+    want = {"sds": {"sds"}, "eft": {"eft_colour", "eft_silhouette"}, "samples": {"eft_colour", "eft_silhouette"}}
+    assert set(terms) == want[objective]
+    sum(terms.values()).backward()
+    assert sum(float(p.grad.abs().sum()) for p in fit.state.field.parameters() if p.grad is not None) > 0

@@ -18,6 +18,10 @@ The pipeline:
    render is encoded, noised to t, denoised back in min(⌊100t⌋, 50) PLMS steps and decoded to x̂0; the loss is
    (1 − ᾱ_t)·L1(render, x̂0) + ``sf_w_perceptual``·LPIPS(render, x̂0).
 
+``sf_objective`` gives the paper's Table 5 rows on the same models: ``eft`` (EFT + field: the bootstrap for all
+steps), ``samples`` (VLDM + field: one DDIM sample per path camera, fitted the same way), ``sds`` (SDS with the
+VLDM, DreamFusion's weighting, guidance ``sf_sds_guidance``) and ``multistep`` (SparseFusion).
+
 The VLDM and its EFT are loaded once and never written into the scene's checkpoint. Renders for the prior are
 made at the VLDM's image size (64² for the shipped model).
 """
@@ -39,6 +43,7 @@ from .fit import Fitter
 from .fit_config import SPARSE_PRESET, FitConfig
 
 PATHS = ("inputs", "official")
+OBJECTIVES = ("multistep", "sds", "eft", "samples")
 
 
 @dataclass
@@ -55,6 +60,10 @@ class SparseFusionOptions:
     sf_t_max: float = option(default=0.99, metadata={"help": "largest continuous t drawn"})
     sf_guidance: float = option(default=1.0, metadata={"help": "classifier-free guidance (official: 1, none)"})
     sf_eft_mask: float = option(default=0.1, metadata={"help": "EFT colour this far from the background = object"})
+    sf_objective: str = option(default="multistep", metadata={
+        "help": "multistep (SparseFusion) | sds (SDS with the VLDM) | eft (EFT + field) | samples (VLDM + field)"})
+    sf_sds_guidance: float = option(default=3.0, metadata={"help": "classifier-free guidance of the SDS baseline"})
+    sf_sample_steps: int = option(default=50, metadata={"help": "DDIM steps of the samples (objective samples)"})
 
 
 @dataclass
@@ -88,6 +97,8 @@ class SparseFusionFitter(Fitter):
     """:class:`Fitter` plus SparseFusion's EFT bootstrap and multi-step distillation on the orbit's cameras."""
 
     def __init__(self, scene: Scene, inputs: list[int], cfg: SparseFusionConfig, run_dir: str | Path | None = None):
+        if cfg.sf_objective not in OBJECTIVES:
+            raise ValueError(f"sf_objective {cfg.sf_objective!r}: choose one of {OBJECTIVES}")
         super().__init__(scene, inputs, cfg, run_dir)
         from ..pretrained import from_pretrained, resolve_model_dir
 
@@ -111,6 +122,11 @@ class SparseFusionFitter(Fitter):
             self.cond.append(cond["concat"])
             self.eft_rgb.append(F.interpolate(rgb, size=(self.size, self.size), mode="bilinear")[0])
         self.eft_rgb = torch.stack(self.eft_rgb)
+        if self.cfg.sf_objective == "samples":  # the "VLDM + field" baseline fits one sample per path camera
+            g = torch.Generator().manual_seed(self.cfg.seed + 3)
+            self.eft_rgb = torch.cat([self.vldm.vae.decode(self.vldm.sample_latents(
+                {"concat": c}, 1, self.cfg.sf_sample_steps, "ddim", 0.0, self.cfg.sf_guidance, g)).clamp(0, 1)
+                for c in self.cond])  # fmt: skip
         self.eft_mask = ((self.eft_rgb - bg).abs().mean(1, keepdim=True) > self.cfg.sf_eft_mask).float()
 
     # ------------------------------------------------------------------ novel
@@ -126,9 +142,17 @@ class SparseFusionFitter(Fitter):
         c = self.cfg
         i = int(torch.randint(0, len(self.path), (1,), generator=self.gen))
         rgb, opacity, _ = self.render_path(i)
-        if self.step < int(c.sf_bootstrap * c.steps):
+        if self.step < int(c.sf_bootstrap * c.steps) or c.sf_objective in ("eft", "samples"):
             return {"eft_colour": F.huber_loss(rgb[0], self.eft_rgb[i], delta=c.sf_huber),
                     "eft_silhouette": F.huber_loss(opacity[0], self.eft_mask[i], delta=c.sf_huber)}  # fmt: skip
+        if c.sf_objective == "sds":
+            from ..guidance import ScorePrior, sds_terms
+
+            z = self.vldm.vae.encode(rgb)
+            t = int(torch.randint(20, int(0.98 * self.vldm.schedule.T), (1,), generator=self.gen))
+            noise = torch.randn(z.shape, generator=self.gen).to(z)
+            prior = ScorePrior(self.vldm, {"concat": self.cond[i]}, c.sf_sds_guidance)
+            return sds_terms(prior, z, t, noise, "sds", 1.0)
         t = float(torch.rand(1, generator=self.gen)) * c.sf_t_max
         t = min(max(t, 1.0 / self.vldm.schedule.T), c.sf_t_max)
         noise = torch.randn(1, self.vldm.config.latent_channels, *self.cond[i].shape[-2:], generator=self.gen)
