@@ -135,8 +135,9 @@ def test_inpaint_cli_runs_the_64_model_at_128_and_refuses_sizes_off_the_vae_grid
 # Depth network (IPSM's monocular depth stand-in) on held-out views, disparity up to scale and shift: mean Pearson
 # correlation with the true disparity on the object's pixels, and the scale-and-shift-invariant loss on whole
 # images against the silhouette alone (1 on the object, 0 behind), which gets the background right and nothing
-# else. Measured: see DEPTH_MEASURED.
-DEPTH_FLOORS = {"pearson_object": 0.5}
+# else. Measured with the shipped depth64 on these views: Pearson 0.901 (the lowest view 0.35), SSI loss 0.0152 vs
+# 0.0490 for the silhouette.
+DEPTH_FLOORS = {"pearson_object": 0.85}
 
 
 def test_shipped_depth_network_beats_the_silhouette():
@@ -156,4 +157,4 @@ def test_shipped_depth_network_beats_the_silhouette():
             sil_loss.append(float(ssi_loss(obj.float(), target)))
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     assert mean(corr) >= DEPTH_FLOORS["pearson_object"], mean(corr)
-    assert mean(loss) < 0.8 * mean(sil_loss), (mean(loss), mean(sil_loss))
+    assert mean(loss) < 0.5 * mean(sil_loss), (mean(loss), mean(sil_loss))
