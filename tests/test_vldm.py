@@ -184,3 +184,14 @@ def test_sparsefusion_baseline_objectives(tiny_vldm, objective):
     assert set(terms) == want[objective]
     sum(terms.values()).backward()
     assert sum(float(p.grad.abs().sum()) for p in fit.state.field.parameters() if p.grad is not None) > 0
+
+
+def test_recon_sparsefusion_writes_a_viewable_run(tiny_vldm, tmp_path):
+    from fewview.cli import main
+
+    out = tmp_path / "sf"
+    rc = main(["recon", str(EXAMPLE), "--method", "sparsefusion", "--model", str(tiny_vldm), "--views", "0,1",
+               "--fit-steps", "4", "--frames", "2", "--split", "test", "--out", str(out), "--quiet"])  # fmt: skip
+    assert rc == 0
+    assert (out / "turntable.mp4").is_file() and (out / "checkpoint" / "meta.json").is_file()
+    assert len(list((out / "views").glob("*_rgb.png"))) == 7  # the 9 test views but the 2 inputs
