@@ -284,6 +284,9 @@ class RunViewer:
         except OSError as e:
             raise ViewerError(f"cannot serve on {self.opts.host}:{self.opts.port} ({e.strerror or e}); "
                               "pass --port with a free port") from None  # fmt: skip
+        if server.get_port() != self.opts.port:  # viser moves to the next free port by itself
+            server.stop()
+            raise ViewerError(f"port {self.opts.port} on {self.opts.host} is in use; pass --port with a free port")
         self.server = server
         run = self.run
         target = self.look_at_point()
