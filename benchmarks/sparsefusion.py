@@ -64,14 +64,17 @@ def config(row: str, args) -> FitConfig:
 def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], row: str, args, vldm, weights) -> dict:
     t = time.perf_counter()
     inp = scene_in.select(inputs)
+    timings = {}
     if row in ("eft", "vldm"):
         render = model_renderer(vldm, row, inp, args.guidance, args.sample_steps, 0)
     else:
-        render = make_fitter(scene_in, inputs, config(row, args)).run(progress=False).render
+        fitter = make_fitter(scene_in, inputs, config(row, args))
+        render = fitter.run(progress=False).render
+        timings = dict(getattr(fitter, "timings", {}))
     gt, masks = evaluation_targets(ev_scene, ev_ids, (1.0, 1.0, 1.0))
     ev = ev_scene.select(ev_ids)
     res = evaluate_views(render, ev.cameras, gt, inp.cameras, masks, lpips_weights=weights)
-    return {"means": res["means"], "binned": res["binned"], "seconds": time.perf_counter() - t}
+    return {"means": res["means"], "binned": res["binned"], "seconds": time.perf_counter() - t, "timings": timings}
 
 
 def main() -> int:

@@ -144,6 +144,7 @@ def test_sparsefusion_terms_switch_from_bootstrap_to_distillation(tiny_vldm):
     fit.step = 4
     terms = fit.novel_terms()
     assert set(terms) == {"multistep_l1", "multistep_perceptual"}
+    assert {"cache", "render", "encode", "denoise", "decode"} <= set(fit.timings)  # the time split is recorded
     sum(terms.values()).backward()
     grads = [p.grad for p in fit.state.field.parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0  # the distillation loss reaches the field

@@ -87,16 +87,35 @@ def to_prior_size(x: Tensor, size: int, mode: str = "bilinear") -> Tensor:
 
 def multistep_terms(model, render: Tensor, cond: dict | None, t: float, noise: Tensor | None = None,
                     perceptual=None, w_perceptual: float = 0.1, method: str = "plms",
-                    generator: torch.Generator | None = None) -> dict[str, Tensor]:  # fmt: skip
+                    generator: torch.Generator | None = None,
+                    timings: dict | None = None) -> dict[str, Tensor]:  # fmt: skip
     """SparseFusion's multi-step distillation loss for ``render`` (B,3,H,W) in [0, 1]: encode it, noise the latent
     to continuous time ``t`` on the model's own schedule, denoise back in min(⌊100t⌋, 50) steps, decode x̂0 and
     compare: (1 − ᾱ_t)·L1(render, sg(x̂0)) and ``w_perceptual``·perceptual(render, sg(x̂0)) (LPIPS)."""
+    clock = _Clock(timings)
     with torch.no_grad():
-        z = model.vae.encode(render.detach())
-        z0, info = model.multistep_denoise(z, t, cond, noise=noise, generator=generator, method=method)
-        target = model.vae.decode(z0).clamp(0, 1)
+        z = clock("encode", model.vae.encode, render.detach())
+        z0, info = clock("denoise", model.multistep_denoise, z, t, cond, noise=noise, generator=generator,
+                         method=method)  # fmt: skip
+        target = clock("decode", model.vae.decode, z0).clamp(0, 1)
     w = 1 - info["alpha_bar"]
     terms = {"multistep_l1": w * (render - target).abs().mean()}
     if perceptual is not None and w_perceptual > 0:
         terms["multistep_perceptual"] = w_perceptual * perceptual(render, target)
     return terms
+
+
+class _Clock:
+    """Calls a function and adds its wall time to ``timings[name]`` (when a dict is given)."""
+
+    def __init__(self, timings: dict | None):
+        self.timings = timings
+
+    def __call__(self, name: str, fn, *args, **kw):
+        import time
+
+        t0 = time.perf_counter()
+        out = fn(*args, **kw)
+        if self.timings is not None:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        return out

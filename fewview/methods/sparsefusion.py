@@ -28,6 +28,7 @@ made at the VLDM's image size (64² for the shipped model).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from dataclasses import field as option
 from pathlib import Path
@@ -107,7 +108,10 @@ class SparseFusionFitter(Fitter):
         g = torch.Generator().manual_seed(cfg.seed + 2)
         self.path = distillation_path(scene, self.inputs, cfg, g).resize(size, size).to(torch.float32)
         self.size = size
+        self.timings: dict[str, float] = {}  # seconds per phase, summed over this process's steps
+        t0 = time.perf_counter()
         self.cache_eft()
+        self.timings["cache"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- EFT cache
     @torch.no_grad()
@@ -141,7 +145,9 @@ class SparseFusionFitter(Fitter):
     def novel_terms(self) -> dict[str, Tensor]:
         c = self.cfg
         i = int(torch.randint(0, len(self.path), (1,), generator=self.gen))
+        t0 = time.perf_counter()
         rgb, opacity, _ = self.render_path(i)
+        self.timings["render"] = self.timings.get("render", 0.0) + time.perf_counter() - t0
         if self.step < int(c.sf_bootstrap * c.steps) or c.sf_objective in ("eft", "samples"):
             return {"eft_colour": F.huber_loss(rgb[0], self.eft_rgb[i], delta=c.sf_huber),
                     "eft_silhouette": F.huber_loss(opacity[0], self.eft_mask[i], delta=c.sf_huber)}  # fmt: skip
@@ -158,7 +164,7 @@ class SparseFusionFitter(Fitter):
         noise = torch.randn(1, self.vldm.config.latent_channels, *self.cond[i].shape[-2:], generator=self.gen)
         perceptual = self.perceptual if c.sf_w_perceptual > 0 else None
         return multistep_terms(self.vldm, rgb, {"concat": self.cond[i]}, t, noise.to(rgb), perceptual,
-                               c.sf_w_perceptual)  # fmt: skip
+                               c.sf_w_perceptual, timings=self.timings)  # fmt: skip
 
     def losses(self, idx: Tensor):
         c = self.cfg
@@ -172,6 +178,13 @@ class SparseFusionFitter(Fitter):
                 loss = loss + c.sf_w_novel * value
                 terms[name] = float(value.detach())
         return loss, terms, out
+
+    def train_step(self) -> dict[str, float]:
+        """One step; ``timings["step"]`` sums whole steps, so backward and update are step − the named phases."""
+        t0 = time.perf_counter()
+        terms = super().train_step()
+        self.timings["step"] = self.timings.get("step", 0.0) + time.perf_counter() - t0
+        return terms
 
     def run(self, progress: bool = True, callback=None):
         from .runs import fit_loop
