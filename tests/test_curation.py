@@ -1,0 +1,57 @@
+"""Real3D's occlusion-based curation on constructed masks and disparities."""
+
+from __future__ import annotations
+
+import torch
+
+from fewview.data.curation import CurationConfig, boundary, curate, erode
+
+H = W = 200
+CFG = CurationConfig(min_scale=50)
+
+
+def disc(cx: float, cy: float, r: float) -> torch.Tensor:
+    y, x = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    return (x - cx) ** 2 + (y - cy) ** 2 < r * r
+
+
+def test_the_disc_in_front_is_kept_and_the_one_behind_rejected():
+    front = disc(80, 100, 40)
+    back = disc(130, 100, 40) & ~front
+    disparity = torch.where(front, 0.5, torch.where(back, 0.25, 0.0))
+    a, b = curate(torch.stack([front, back]), disparity, CFG)
+    assert a.keep and a.reason == "kept" and a.votes == 0
+    assert not b.keep and b.reason == "occluded" and b.votes >= 10
+    # swap the depths: now the first disc is behind (its visible outline is still whole, but its contact points
+    # see a nearer neighbour just outside)
+    a2, b2 = curate(torch.stack([front, back]), torch.where(front, 0.25, torch.where(back, 0.5, 0.0)), CFG)
+    assert not a2.keep and a2.reason == "occluded"
+
+
+def test_a_lone_instance_is_kept_and_filters_apply():
+    lone = disc(100, 100, 40)
+    (v,) = curate(lone[None], lone.float(), CFG)
+    assert v.keep and v.sampled == 0  # no contact boundary: nothing occludes it
+    small = disc(100, 100, 10)
+    assert curate(small[None], small.float(), CFG)[0].reason == "small"
+    cut = disc(20, 100, 40)  # runs off the left edge
+    assert curate(cut[None], cut.float(), CFG)[0].reason == "truncated"
+
+
+def test_a_non_convex_boundary_is_rejected():
+    """An instance whose contact boundary is a 1-pixel line: inside and outside queries along its normal agree."""
+    blob = disc(70, 100, 35)
+    line = torch.zeros(H, W, dtype=torch.bool)
+    line[100, 100:135] = True  # a thin arm reaching the neighbour
+    inst = blob | line
+    other = disc(160, 100, 25)
+    disparity = torch.where(inst, 0.5, torch.where(other, 0.25, 0.0))
+    v, _ = curate(torch.stack([inst, other]), disparity, CFG)
+    assert not v.keep and v.reason == "non-convex boundary"
+
+
+def test_morphology():
+    m = disc(100, 100, 30)
+    assert erode(m, 9).sum() < m.sum() and (erode(m, 9) & ~m).sum() == 0
+    b = boundary(m, 9)
+    assert (b & erode(m, 9)).sum() == 0 and (b | erode(m, 9)).equal(m)
