@@ -55,3 +55,37 @@ def test_morphology():
     assert erode(m, 9).sum() < m.sum() and (erode(m, 9) & ~m).sum() == 0
     b = boundary(m, 9)
     assert (b & erode(m, 9)).sum() == 0 and (b | erode(m, 9)).equal(m)
+
+
+def test_single_view_set_exposes_exactly_one_view_per_object(tmp_path):
+    """Real3D's set B: household training objects give one view each, fixed by the seed; the others are not in
+    memory. Set A (every other object) keeps all its views."""
+    import numpy as np
+    import pytest
+
+    from fewview.objects.builder import ObjectsConfig, build
+    from fewview.train import ObjectsSource, SingleViewSource
+
+    from .test_household import make_library
+
+    src = tmp_path / "libs"
+    src.mkdir()
+    for k in range(8):
+        make_library(src / f"L{k}.sh3f", extra_models=False)
+    root = tmp_path / "mixed"
+    build(ObjectsConfig(objects=6, views=5, res=16, recipe="mixed", household=str(src), shard_size=4), root,
+          progress=False)  # fmt: skip
+    full = ObjectsSource(root, "train", group="household")
+    b = SingleViewSource(root, "train", seed=3)
+    assert len(b) == len(full) > 0 and b.rgba.shape[1] == 1 and b.num_views(0) == 1
+    for s in range(len(b)):
+        img, _, cam = b.views(s, [0])
+        want = torch.from_numpy(full.rgba[s, b.view[s], ..., :3]).float().div(255).permute(2, 0, 1)
+        assert torch.equal(img[0], want) and torch.equal(cam.c2w[0].double(), full.c2w[s, b.view[s]])
+        with pytest.raises(IndexError):
+            b.views(s, [1])
+    assert b.view == SingleViewSource(root, "train", seed=3).view  # fixed by the seed
+    assert len({tuple(SingleViewSource(root, "train", seed=k).view) for k in range(6)}) > 1
+    a = ObjectsSource(root, "train", group="parametric")
+    assert a.rgba.shape[1] == 5 and not set(a.ids) & set(b.ids)
+    assert np.isin(b.ids, ObjectsSource(root, "train").ids).all()

@@ -2,7 +2,7 @@
 ``save_pretrained`` folders and the :class:`Trainer` loop behind ``fewview train``."""
 
 from ..pretrained import MODELS, from_pretrained, register_model, save_pretrained
-from .data import Batch, CO3DSource, ObjectsSource, item_generator, sample_batch
+from .data import Batch, CO3DSource, ObjectsSource, SingleViewSource, item_generator, sample_batch
 from .distributed import DistInfo, init_distributed, launched_by_torchrun, shutdown
 from .ema import EMA
 from .trainer import TrainConfig, Trainer, lr_lambda, make_source
@@ -14,6 +14,7 @@ __all__ = [
     "CO3DSource",
     "DistInfo",
     "ObjectsSource",
+    "SingleViewSource",
     "TrainConfig",
     "Trainer",
     "from_pretrained",

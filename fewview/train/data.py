@@ -28,7 +28,9 @@ def item_generator(seed: int, step: int, item: int) -> torch.Generator:
 class ObjectsSource:
     """All views of the objects in one split of a fewview-objects dataset, held in memory as uint8."""
 
-    def __init__(self, root: str | Path, split: str = "train", limit: int | None = None, depth: bool = False):
+    def __init__(self, root: str | Path, split: str = "train", limit: int | None = None, depth: bool = False,
+                 group: str = "all"):  # fmt: skip
+        """``group``: ``all``, ``household`` (the household models) or ``parametric`` (every other object)."""
         root = Path(root)
         card_path = root / "card.json"
         if not card_path.is_file():
@@ -36,7 +38,15 @@ class ObjectsSource:
         card = json.loads(card_path.read_text())
         if split not in card.get("splits", {}):
             raise DataError(card_path, "splits", f"no split {split!r}")
-        want = card["splits"][split][:limit] if limit else card["splits"][split]
+        if group not in ("all", "household", "parametric"):
+            raise ValueError(f"group {group!r}: choose all, household or parametric")
+        want = card["splits"][split]
+        if group != "all":
+            household = set(card.get("household", {}).get("models", {}))
+            want = [o for o in want if (str(o) in household) == (group == "household")]
+        want = want[:limit] if limit else want
+        if not want:
+            raise DataError(card_path, "splits", f"split {split!r} has no {group} objects")
         pos = {o: k for k, o in enumerate(want)}
         rgba, c2w, dep, K = [None] * len(want), [None] * len(want), [None] * len(want), None
         for sh in card["shards"]:
@@ -82,6 +92,41 @@ class ObjectsSource:
         if self.depth is None:
             raise ValueError("this ObjectsSource was opened without depth=True")
         return torch.from_numpy(self.depth[s, idx].astype(np.float32)).unsqueeze(1)
+
+
+class SingleViewSource:
+    """Real3D's set B: objects of which training may read exactly one view. The view of each object is fixed by
+    ``(seed, object)``; the other views are dropped when the data is loaded, so nothing can read them."""
+
+    def __init__(self, root: str | Path, split: str = "train", group: str = "household", seed: int = 0,
+                 limit: int | None = None, depth: bool = False):  # fmt: skip
+        full = ObjectsSource(root, split, limit, depth, group)
+        v = full.rgba.shape[1]
+        self.ids = list(full.ids)
+        self.view = [int(np.random.default_rng([seed, o]).integers(v)) for o in self.ids]
+        pick = np.arange(len(self.ids))
+        self.rgba = np.ascontiguousarray(full.rgba[pick, self.view][:, None])  # (S, 1, H, W, 4)
+        self.c2w = full.c2w[pick, self.view][:, None].clone()
+        self.K, self.res = full.K, full.res
+        self.depth = None if full.depth is None else np.ascontiguousarray(full.depth[pick, self.view][:, None])
+        del full
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def num_views(self, s: int) -> int:
+        return 1
+
+    def views(self, s: int, idx: list[int]) -> tuple[Tensor, Tensor, Cameras]:
+        """The object's one view: ``idx`` must be [0]."""
+        if list(idx) != [0]:
+            raise IndexError(f"object {self.ids[s]} has one training view (single-view set); asked for {idx}")
+        return ObjectsSource.views(self, s, [0])  # type: ignore[arg-type]
+
+    def depths(self, s: int, idx: list[int]) -> Tensor:
+        if list(idx) != [0]:
+            raise IndexError(f"object {self.ids[s]} has one training view (single-view set); asked for {idx}")
+        return ObjectsSource.depths(self, s, [0])  # type: ignore[arg-type]
 
 
 class CO3DSource:
