@@ -329,3 +329,29 @@ def test_input_orbit_from_two_views():
             assert math.degrees(math.acos(min(float(cos.max()), 1.0))) < 4.0
     # default target: the point nearest both optical axes, here the object itself
     assert torch.allclose(input_orbit(cams, 8).centers.double().mean(0)[:2], target[:2], atol=1e-3)
+
+
+def test_real3d_cycle_pose_and_curriculum():
+    """The cycle maps the input camera back onto itself when the novel pose is the input's (identity relative
+    pose); a novel view at azimuth +θ (or elevation +φ) sends it to -θ (-φ). The curriculum's angles are exactly
+    15 degrees at p = 0 and span 15-90 at p = 1, with both signs."""
+    from fewview.cameras import curriculum_angles, cycle_pose, spherical_cameras
+
+    canon = spherical_cameras(torch.tensor([0.0]), torch.tensor([0.0]), 3.0, 0.6912, 64)
+    assert torch.allclose(cycle_pose(canon.c2w, canon.c2w), canon.c2w.double(), atol=1e-12)
+    for az, el in ((0.7, 0.0), (-1.2, 0.0), (0.0, 0.4)):
+        novel = spherical_cameras(torch.tensor([az]), torch.tensor([el]), 3.0, 0.6912, 64)
+        back = spherical_cameras(torch.tensor([-az]), torch.tensor([-el]), 3.0, 0.6912, 64)
+        assert torch.allclose(cycle_pose(canon.c2w, novel.c2w), back.c2w.double(), atol=1e-9)
+    assert torch.allclose(canon.centers[0].double(), torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    az0, el0 = curriculum_angles(0.0, 200, generator=g)
+    assert torch.allclose(az0.abs(), torch.full((200,), math.radians(15), dtype=torch.float64))
+    assert torch.allclose(el0.abs(), torch.full((200,), math.radians(15), dtype=torch.float64))
+    az1, el1 = curriculum_angles(1.0, 2000, generator=g)
+    for a in (az1, el1):
+        d = a.abs().rad2deg()
+        assert d.min() >= 15 - 1e-9 and d.max() <= 90 + 1e-9 and d.min() < 17 and d.max() > 88
+        assert (a > 0).any() and (a < 0).any()
+    azh, _ = curriculum_angles(0.5, 2000, generator=g)
+    assert azh.abs().rad2deg().max() <= 52.5 + 1e-9

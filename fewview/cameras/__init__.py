@@ -6,6 +6,8 @@ from .trajectories import (
     Circle3D,
     PseudoViews,
     annealed_sigmas,
+    curriculum_angles,
+    cycle_pose,
     fit_circle,
     input_orbit,
     look_at,
@@ -15,6 +17,7 @@ from .trajectories import (
     pseudo_views,
     relative_to,
     sparsefusion_trajectory,
+    spherical_cameras,
 )
 
 __all__ = [
@@ -26,6 +29,8 @@ __all__ = [
     "annealed_sigmas",
     "camera_rays",
     "check_rotations",
+    "curriculum_angles",
+    "cycle_pose",
     "fit_circle",
     "input_orbit",
     "intrinsics_matrix",
@@ -39,4 +44,5 @@ __all__ = [
     "relative_to",
     "rigid_inverse",
     "sparsefusion_trajectory",
+    "spherical_cameras",
 ]

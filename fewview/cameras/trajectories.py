@@ -236,3 +236,34 @@ def pseudo_views(cams: Cameras, n: int, target: Tensor, scale: float, sigma: tup
     up = -base[:, :3, 1]
     c2w = look_at(eye, tgt, up).to(cams.c2w.dtype)
     return PseudoViews(Cameras(c2w, cams.K[closest].clone(), cams.size[closest].clone()), closest, sig)
+
+
+def spherical_cameras(azimuth: Tensor, elevation: Tensor, distance: float, fov: float, size: int) -> Cameras:
+    """Cameras on a sphere around the origin looking at it, z up (Real3D's/TripoSR's convention): azimuth from
+    +x towards +y and elevation above the xy plane, in radians; vertical field of view ``fov`` radians."""
+    az = torch.as_tensor(azimuth, dtype=torch.float64).reshape(-1)
+    el = torch.as_tensor(elevation, dtype=torch.float64).reshape(-1)
+    eye = distance * torch.stack([torch.cos(el) * torch.cos(az), torch.cos(el) * torch.sin(az), torch.sin(el)], -1)
+    c2w = look_at(eye, torch.zeros_like(eye), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand_as(eye))
+    f = 0.5 * size / math.tan(fov / 2)
+    K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]], dtype=torch.float64)
+    return Cameras(c2w, K.expand(len(az), 3, 3).clone(), torch.tensor([size, size]))
+
+
+def curriculum_angles(p: float, n: int = 1, low: float = 15.0, high: float = 90.0,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Real3D's cycle-view curriculum at training progress ``p`` in [0, 1]: |azimuth| and |elevation| (radians)
+    each ~ U[low, low + p·(high − low)] degrees, with random signs."""
+    span = low + min(max(p, 0.0), 1.0) * (high - low)
+    u = torch.rand(2, n, generator=generator, dtype=torch.float64)
+    sign = torch.where(torch.rand(2, n, generator=generator) < 0.5, -1.0, 1.0).double()
+    deg = low + u * (span - low)
+    ang = torch.deg2rad(deg) * sign
+    return ang[0], ang[1]
+
+
+def cycle_pose(canonical_c2w: Tensor, novel_c2w: Tensor) -> Tensor:
+    """Real3D's cycle: the novel view's render becomes the new (canonical) input, and the original input camera is
+    rendered from it at canon · novel⁻¹ · canon (world-to-camera algebra on c2w matrices, (..., 4, 4))."""
+    canon = canonical_c2w.double()
+    return canon @ torch.linalg.inv(novel_c2w.double()) @ canon
