@@ -466,3 +466,18 @@ def test_cosine_schedule_matches_its_closed_form():
         _, info = multistep_denoise(oracle(cos, x0), x0, t, cos, method="ddim")
         assert abs(info["alpha_bar"] - want) < 1e-6
     assert float(sd.alpha_bar(sd.continuous_to_index(0.5), x0).flatten()[0]) < 0.3  # the schedule the issue flagged
+
+
+def test_dynamic_thresholding():
+    """Imagen's rule: s = the 0.995 quantile of |x0| (at least 1); clip to ±s and divide by s."""
+    from fewview.diffusion.samplers import dynamic_threshold
+
+    small = torch.linspace(-0.8, 0.8, 1000).reshape(1, 1, 10, 100)
+    assert torch.equal(dynamic_threshold(small), small)  # s = 1: nothing changes inside [-1, 1]
+    big = torch.linspace(-4.0, 4.0, 1001).reshape(1, 1, 7, 143)
+    s = float(torch.quantile(big.abs().flatten(), 0.995))
+    out = dynamic_threshold(big)
+    assert abs(float(out.abs().max()) - 1.0) < 1e-6
+    torch.testing.assert_close(out, big.clamp(-s, s) / s)
+    both = dynamic_threshold(torch.cat([big * 0.1, big]))
+    assert both.shape == (2, 1, 7, 143) and float(both[1].abs().max()) <= 1 + 1e-6

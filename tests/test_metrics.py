@@ -70,3 +70,30 @@ def test_mesh_surface_sampling_on_sphere():
 
     pts = sample_mesh_surface(trimesh.creation.icosphere(subdivisions=4, radius=2.0), 2000)
     assert pts.shape == (2000, 3) and abs(float(pts.norm(dim=-1).mean()) - 2.0) < 0.01
+
+
+def test_frechet_distance_closed_form():
+    """Gaussians with known moments: the distance is ‖Δμ‖² + tr(Σ1 + Σ2 − 2(Σ1Σ2)^½); for diagonal covariances
+    the last term is Σ (σ1 − σ2)²."""
+    from fewview.metrics.frechet import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200000, 3, generator=g, dtype=torch.float64)
+    z = (z - z.mean(0)) / z.std(0)
+    a = z * torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    b = z.flip(0) * torch.tensor([2.0, 2.0, 1.0], dtype=torch.float64) + torch.tensor([1.0, 0.0, -2.0])
+    want = 1 + 4 + (1 - 2) ** 2 + 0 + (0.5 - 1) ** 2
+    assert abs(frechet_distance(a, b) - want) < 0.05
+    assert abs(frechet_distance(a, a)) < 1e-6
+    assert abs(frechet_distance(a, a + 3.0) - 27.0) < 1e-6  # a shift of 3 in each of 3 dims
+
+
+def test_fd_alexnet_is_zero_for_the_same_images_and_grows_with_blur(alex_weights):
+    from fewview.metrics.frechet import fd_alexnet
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(40, 3, 32, 32, generator=g)
+    blurred = torch.nn.functional.avg_pool2d(x, 5, 1, 2)
+    far = fd_alexnet(x, blurred, alex_weights)
+    assert abs(fd_alexnet(x, x, alex_weights)) < 1e-5 * far  # zero up to the square root's rounding
+    assert far > fd_alexnet(x, x.flip(0), alex_weights)

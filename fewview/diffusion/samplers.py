@@ -47,10 +47,20 @@ def _plms_eps(ets: list[Tensor]) -> Tensor:
     return (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4]) / 24
 
 
+def dynamic_threshold(x0: Tensor, ratio: float = 0.995) -> Tensor:
+    """Imagen's dynamic thresholding (as DFM's sampler): per sample, s = the ``ratio`` quantile of |x0|, at least
+    1; x0 is clipped to [-s, s] and divided by s, so it always lies in [-1, 1]."""
+    s = torch.quantile(x0.flatten(1).abs().float(), ratio, dim=1).to(x0.dtype).clamp_min(1.0)
+    s = s.view(-1, *([1] * (x0.dim() - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
 def sample_grid(fn: Denoiser, x: Tensor, grid: list[int], schedule: NoiseSchedule, method: str = "ddim",
                 eta: float = 0.0, generator: torch.Generator | None = None, clip_x0: float | None = None,
-                progress: bool = False) -> tuple[Tensor, int]:  # fmt: skip
-    """Integrate from ``x`` at ``grid[0]`` down the grid (ending at -1, clean). Returns (x0, model calls)."""
+                progress: bool = False, threshold: float | None = None) -> tuple[Tensor, int]:  # fmt: skip
+    """Integrate from ``x`` at ``grid[0]`` down the grid (ending at -1, clean). Returns (x0, model calls).
+    ``clip_x0`` clips the clean estimate to ±clip_x0; ``threshold`` applies dynamic thresholding at that quantile
+    (both re-derive ε from the clipped estimate)."""
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}: choose one of {SAMPLERS}")
     if len(grid) < 2 or grid[-1] != -1 or any(a <= b for a, b in zip(grid, grid[1:], strict=False)):
@@ -61,9 +71,10 @@ def sample_grid(fn: Denoiser, x: Tensor, grid: list[int], schedule: NoiseSchedul
         nonlocal calls
         calls += 1
         eps, x0 = schedule.eps_x0(fn(xt, t), xt, t)
-        if clip_x0 is not None:  # clip the clean estimate and re-derive ε from it
+        if clip_x0 is not None or threshold is not None:  # clip the clean estimate and re-derive ε from it
             a = schedule.alpha_bar(t, xt)
-            x0 = x0.clamp(-clip_x0, clip_x0)
+            x0 = x0.clamp(-clip_x0, clip_x0) if clip_x0 is not None else x0
+            x0 = dynamic_threshold(x0, threshold) if threshold is not None else x0
             eps = (xt - a.sqrt() * x0) / (1 - a).sqrt()
         return eps, x0
 
