@@ -8,6 +8,10 @@ IPSM's weights are the official code's LLFF values, not tuned here; the step sch
 
     python benchmarks/ipsm.py --objects data/fewview-objects-mixed --n-objects 20
     python benchmarks/ipsm.py --protocols lego-3view llff-3view --rows base sds full   # a subset
+    python benchmarks/ipsm.py --protocols lego-3view-val objects-3view-val --rows full --set ipsm_w_difference=0.5
+
+The ``-val`` protocols (lego's val views, the objects' val split) are where weights are chosen (``--set``
+overrides any IPSMConfig field); the others are only reported.
 """
 
 from __future__ import annotations
@@ -66,21 +70,31 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--out", default="bench-out/ipsm")
     ap.add_argument("--lpips-weights", default="../shared/weights", help="LPIPS-alex weights file or folder")
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override IPSMConfig fields")
     args = ap.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in IPSMConfig.__dataclass_fields__:
+            raise SystemExit(f"--set {item}: IPSMConfig has no field {key!r}")
+        kind = type(getattr(IPSMConfig(), key))
+        overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
     out = Path(args.out)
-    record: dict = {"command": " ".join(["python", *sys.argv]), "results": {}}
+    record: dict = {"command": " ".join(["python", *sys.argv]), "overrides": overrides, "results": {}}
     for protocol in args.protocols:
-        scene = {"lego-3view": args.lego, "llff-3view": args.llff, "objects-3view": args.objects}[protocol]
+        scene = {"lego-3view": args.lego, "lego-3view-val": args.lego, "llff-3view": args.llff,
+                 "objects-3view": args.objects, "objects-3view-val": args.objects}[protocol]  # fmt: skip
         if not Path(scene).exists():
             print(f"skipping {protocol}: {scene} not found", flush=True)
             continue
         for row in args.rows:
-            cfg = IPSMConfig(steps=args.steps, **ROWS[row])
+            cfg = IPSMConfig(steps=args.steps, **{**ROWS[row], **overrides})
             t = time.perf_counter()
-            if protocol == "objects-3view":
+            if protocol.startswith("objects-3view"):
                 card = json.loads((Path(scene) / "card.json").read_text())
-                res = objects_rows(scene, card["splits"]["test"][: args.n_objects], cfg, weights)
+                part = "val" if protocol.endswith("-val") else "test"
+                res = objects_rows(scene, card["splits"][part][: args.n_objects], cfg, weights)
             else:
                 rec = run_protocol(scene, protocol, out / protocol / row, cfg, progress=False, refit=True,
                                    lpips_weights=weights)  # fmt: skip
