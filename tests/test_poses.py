@@ -117,6 +117,8 @@ def test_refuses_bad_input_in_one_line(tmp_path, posed):
     save_png(tmp_path / "one" / "a.png", np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(PosesError, match="need at least 2"):
         estimate_poses(tmp_path / "one", tmp_path / "x", progress=False)
+    with pytest.raises(PosesError, match="camera model 'FOO'"):
+        estimate_poses(out / "images", tmp_path / "x", options=PosesOptions(camera_model="FOO"), progress=False)
     (tmp_path / "one" / "b.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(PosesError, match="b.jpg: cannot read"):
         estimate_poses(tmp_path / "one", tmp_path / "x", progress=False)

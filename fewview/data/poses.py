@@ -147,6 +147,9 @@ def estimate_poses(
             raise PosesError(f"{masks}: no mask for {len(missing)} photo(s), e.g. {missing[0]} "
                              f"(expected {Path(missing[0]).stem}.png)")  # fmt: skip
         mask_files = {n: find_mask(masks, n) for n in names}  # type: ignore[misc]
+    models = [m for m in pycolmap.CameraModelId.__members__ if m != "INVALID"]
+    if opts.camera_model not in models:
+        raise PosesError(f"camera model {opts.camera_model!r}: choose one of {', '.join(models)}")
     if opts.matcher not in ("exhaustive", "sequential"):
         raise PosesError(f"matcher: expected 'exhaustive' or 'sequential', got {opts.matcher!r}")
     _fresh_output(out, overwrite)
