@@ -127,5 +127,6 @@ def test_lrm_canonical_frame_trains_and_renders(tmp_path):
             "--context-min", "1", "--context-max", "1", "--checkpoint-every", "2", "--eval-every", "0", "--device",
             "cpu", "--quiet", "--model-image-size", "32", "--model-width", "32", "--model-heads", "2",
             "--model-encoder-layers", "1", "--model-decoder-layers", "1", "--model-plane-tokens", "4",
-            "--model-plane-res", "16", "--model-plane-channels", "8", "--model-hidden", "16", "--model-samples", "8"]  # fmt: skip
+            "--model-plane-res", "16", "--model-plane-channels", "8", "--model-hidden", "16",
+            "--model-samples", "8"]  # fmt: skip
     assert ddp_weight_gap(args, tmp_path / "ddp") < 1e-5
