@@ -119,23 +119,17 @@ def _fit_config(args: argparse.Namespace):
     return dataclass_from_args(FitConfig, args)
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
+def _fit_scene(args: argparse.Namespace, cfg):
+    """Run a per-scene method on ``--protocol`` (metrics and report; returns 0) or on ``--views`` of the scene
+    (returns (scene, views, fitted state)); a usage error prints one line and returns 2."""
     from .data import load_scene
     from .methods.protocol_run import run_protocol
     from .methods.scene_fit import make_fitter
 
-    cfg = _fit_config(args)
     out = Path(args.out)
     if args.protocol:
-        record = run_protocol(
-            args.scene,
-            args.protocol,
-            out,
-            cfg,
-            args.downscale,
-            progress=not args.quiet,
-            lpips_weights=args.lpips_weights,
-        )
+        record = run_protocol(args.scene, args.protocol, out, cfg, args.downscale, progress=not args.quiet,
+                              lpips_weights=args.lpips_weights)  # fmt: skip
         _print_record(record, out)
         return 0
     if not args.views:
@@ -147,8 +141,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if bad:
         print(f"error: --views {bad} out of range: the scene has {len(scene)} views", file=sys.stderr)
         return 2
-    make_fitter(scene, views, cfg, out).run(progress=not args.quiet)
-    print(f"wrote {out}/checkpoint and {out}/config.json")
+    return scene, views, make_fitter(scene, views, cfg, out).run(progress=not args.quiet)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    done = _fit_scene(args, _fit_config(args))
+    if isinstance(done, int):
+        return done
+    print(f"wrote {args.out}/checkpoint and {args.out}/config.json")
     return 0
 
 
@@ -299,25 +299,15 @@ def _recon_distilled(args: argparse.Namespace) -> int:
     the other views' renders and a turntable (or a protocol's metrics and report)."""
     from PIL import Image
 
-    from .data import load_scene
     from .evaluation import to_uint8
-    from .methods.protocol_run import run_protocol
-    from .methods.scene_fit import make_fitter
     from .methods.sparsefusion import SparseFusionConfig
 
     cfg = SparseFusionConfig(sf_model=args.model or "vldm", steps=args.fit_steps, upsample_step=args.fit_steps // 3)
+    done = _fit_scene(args, cfg)
+    if isinstance(done, int):
+        return done
+    scene, views, state = done
     out = Path(args.out)
-    if args.protocol:
-        record = run_protocol(args.scene, args.protocol, out, cfg, args.downscale, progress=not args.quiet,
-                              lpips_weights=args.lpips_weights)  # fmt: skip
-        _print_record(record, out)
-        return 0
-    if not args.views:
-        print("error: give --views I,J or --protocol NAME", file=sys.stderr)
-        return 2
-    scene = load_scene(args.scene, split=args.split, downscale=args.downscale)
-    views = [int(v) for v in args.views.split(",")]
-    state = make_fitter(scene, views, cfg, out).run(progress=not args.quiet)
     (out / "views").mkdir(parents=True, exist_ok=True)
     for i in range(len(scene)):
         if i not in views:
