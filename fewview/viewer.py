@@ -22,6 +22,7 @@ import torch
 from .cameras import Cameras, intrinsics_matrix, nearest_point_to_axes
 from .cameras.convert import rotmat_to_quat
 from .checkpoint import find_checkpoint
+from .evaluation import to_uint8
 from .methods.runs import cameras_from_json
 
 INSTALL_HINT = 'pip install "fewview[viewer]" (or pip install -e ".[viewer]" in a checkout)'
@@ -217,7 +218,7 @@ class _ClientRenderer:
             cam = viewer_camera(snap["pos"], snap["wxyz"], snap["fov"], snap["aspect"], height)
             t = time.perf_counter()
             rgb = self.viewer.state().render(cam)["rgb"]
-            img = (rgb.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+            img = to_uint8(rgb)
             with self.lock:
                 stale = self.version != version
             if stale and height == full:

@@ -17,7 +17,7 @@ import torch
 
 from ..cameras import Cameras, intrinsics_matrix
 from ..cameras.convert import from_colmap, quat_to_rotmat, rotmat_to_quat
-from .io import downscale_scene, load_image, stack_images
+from .io import downscale_scene, load_image, load_mask, stack_images
 from .scene import DataError, Scene, validate_cameras
 
 # model id -> (name, number of params)
@@ -282,8 +282,7 @@ def _load_masks(folder: Path, imgs: list[ColmapImage], size: tuple[int, int]) ->
         p = next((c for c in cands if c.is_file()), None)
         if p is None:
             raise DataError(folder, im.name, f"no mask for this image (expected {cands[0].name})")
-        m = load_image(p, im.name, source=folder)
-        m = m[..., 3] if m.shape[-1] == 4 else m[..., 0]
+        m = load_mask(p, im.name, source=folder)
         if m.shape != size:
             raise DataError(p, "", f"mask is {m.shape[1]}x{m.shape[0]}, its image is {size[1]}x{size[0]}")
         arrs.append(m)

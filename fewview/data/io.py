@@ -54,6 +54,12 @@ def load_image(path: str | Path, field: str = "", source: str | Path | None = No
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def load_mask(path: str | Path, field: str = "", source: str | Path | None = None) -> np.ndarray:
+    """A mask image as float32 (H, W) in [0, 1]: the alpha of an RGBA file, else its first channel."""
+    m = load_image(path, field, source)
+    return m[..., 3] if m.shape[-1] == 4 else m[..., 0]
+
+
 def to_chw(arr: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 

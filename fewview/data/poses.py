@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import load_mask
+
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 INSTALL_HINT = 'pip install "fewview[colmap]" (or pip install -e ".[colmap]" in a checkout)'
 
@@ -104,15 +106,6 @@ def _undistort_mask(mask: np.ndarray, src, dst) -> np.ndarray:
     m = torch.from_numpy(mask.astype(np.float32))[None, None]
     out = F.grid_sample(m, grid.view(1, dst.height, dst.width, 2), mode="bilinear", align_corners=False)
     return out[0, 0].numpy()
-
-
-def _read_mask(path: Path) -> np.ndarray:
-    import imageio.v3 as iio
-
-    m = np.asarray(iio.imread(path))
-    if m.ndim == 3:
-        m = m[..., 3] if m.shape[-1] == 4 else m[..., 0]
-    return m.astype(np.float32) / (65535.0 if m.dtype == np.uint16 else 255.0)
 
 
 def _fresh_output(out: Path, overwrite: bool) -> None:
@@ -194,7 +187,9 @@ def estimate_poses(
         mapping = pycolmap.IncrementalPipelineOptions()
         mapping.random_seed = opts.seed
         mapping.num_threads = opts.num_threads
-        bar = _bar(len(names), progress)
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(names), desc="mapping", unit="photo", leave=False, disable=not progress)
         try:
             recs = pycolmap.incremental_mapping(db, photos, work / "sparse", mapping,
                                                 next_image_callback=lambda: bar.update(1))  # fmt: skip
@@ -273,21 +268,5 @@ def _write_masks(pycolmap, rec, scene: Path, mask_files: dict[str, Path]) -> Non
     for iid in undist.reg_image_ids():
         im = undist.images[iid]
         src = rec.cameras[rec.find_image_with_name(im.name).camera_id]
-        m = _undistort_mask(_read_mask(mask_files[im.name]), src, undist.cameras[im.camera_id])
+        m = _undistort_mask(load_mask(mask_files[im.name]), src, undist.cameras[im.camera_id])
         iio.imwrite(scene / "masks" / (Path(im.name).stem + ".png"), np.round(np.clip(m, 0, 1) * 255).astype(np.uint8))
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(total: int, progress: bool):
-    if not progress:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="mapping", unit="photo", leave=False)

@@ -42,9 +42,13 @@ class GaussianState:
         """``rgb`` (3,H,W), ``depth`` (1,H,W) (z of the expected termination, divided by alpha; 0 where
         alpha <= 1e-3) and ``opacity`` (1,H,W), on the CPU: the contract of the field fits' render."""
         r = self.render_full(cam[:1])
-        a = r.alpha
-        depth = torch.where(a > 1e-3, r.depth / a.clamp_min(1e-3), torch.zeros_like(a))
-        return {"rgb": r.rgb.clamp(0, 1).cpu(), "depth": depth.cpu(), "opacity": a.cpu()}
+        return {"rgb": r.rgb.clamp(0, 1).cpu(), "depth": expected_depth(r).cpu(), "opacity": r.alpha.cpu()}
+
+
+def expected_depth(r) -> Tensor:
+    """z of the expected termination of a Gaussian render (its alpha-weighted depth / alpha); 0 where alpha <= 1e-3."""
+    a = r.alpha
+    return torch.where(a > 1e-3, r.depth / a.clamp_min(1e-3), torch.zeros_like(a))
 
 
 def scene_extent(cams: Cameras) -> float:

@@ -44,7 +44,7 @@ from ..guidance import inpaint_prior, ipsm_terms, sds_terms
 from ..guidance.score import to_prior_size
 from ..models.depth import pearson
 from .fit_config import GAUSSIAN_SPARSE_PRESET, FitConfig
-from .gaussian_fit import GaussianFitter
+from .gaussian_fit import GaussianFitter, expected_depth
 
 GUIDANCE = ("ipsm", "rectified", "sds", "none")
 
@@ -142,16 +142,21 @@ class IPSMFitter(GaussianFitter):
         cam = self.pseudo.cameras[i]
         k = int(self.pseudo.closest[i])
         with torch.no_grad():
-            r_k = self.state.render_full(self.train.cameras[k])
-            d_k = torch.where(r_k.alpha > 1e-3, r_k.depth / r_k.alpha.clamp_min(1e-3), torch.zeros_like(r_k.alpha))
-            d_p = r_pseudo.depth.detach()
-            d_p = torch.where(r_pseudo.alpha.detach() > 1e-3, d_p / r_pseudo.alpha.detach().clamp_min(1e-3),
-                              torch.zeros_like(d_p))  # fmt: skip
+            d_k = expected_depth(self.state.render_full(self.train.cameras[k]))
+            d_p = expected_depth(r_pseudo).detach()
             kc = self.train.cameras[k]
             warped, _, (m_prior, m_strict) = ipsm_warp(
                 d_p[None], cam.c2w, cam.K, self.images[k][None], d_k[None], kc.c2w, kc.K,
                 (c.ipsm_threshold, c.ipsm_threshold_strict), c.ipsm_mask_test)  # fmt: skip
         return warped[0], m_prior[0].float(), m_strict[0].float()
+
+    def plain_prior(self, size: int):
+        """The inpainting model shown nothing: every pixel unknown, so its condition is the same at every step
+        (the masked image is all grey) and is encoded once."""
+        if getattr(self, "_plain", None) is None:
+            grey = torch.full((1, 3, size, size), 0.5, device=self.device)
+            self._plain = inpaint_prior(self.prior, grey, torch.ones(1, 1, size, size, device=self.device))
+        return self._plain
 
     def guidance_terms(self, rgb: Tensor, warped: Tensor, known: Tensor) -> dict[str, Tensor]:
         c = self.cfg
@@ -164,8 +169,7 @@ class IPSMFitter(GaussianFitter):
         sched = self.prior.schedule
         t = int(torch.randint(int(c.ipsm_t_min * sched.T), int(c.ipsm_t_max * sched.T), (1,), generator=g))
         noise = torch.randn(z.shape, generator=g).to(z)
-        everything = torch.ones(1, 1, size, size, device=z.device)
-        plain = inpaint_prior(self.prior, x.detach(), everything)
+        plain = self.plain_prior(size)
         if c.ipsm_guidance == "sds":
             return sds_terms(plain, z, t, noise, c.ipsm_weighting, c.ipsm_w_sds)
         unknown = 1 - to_prior_size(known[None], size, "nearest")

@@ -42,6 +42,7 @@ from ..data import Scene
 from ..guidance import multistep_terms
 from .fit import Fitter
 from .fit_config import SPARSE_PRESET, FitConfig
+from .runs import training_images
 
 PATHS = ("inputs", "official")
 OBJECTIVES = ("multistep", "sds", "eft", "samples")
@@ -117,8 +118,7 @@ class SparseFusionFitter(Fitter):
     @torch.no_grad()
     def cache_eft(self) -> None:
         bg = self.state.background.view(3, 1, 1).cpu()
-        ctx = self.train.images if self.train.masks is None else self.train.composite(bg.flatten().tolist())
-        ctx = F.interpolate(ctx.float(), size=(self.size, self.size), mode="area")
+        ctx = F.interpolate(training_images(self.train, bg.flatten()).float(), size=(self.size, self.size), mode="area")
         ctx_cams = self.train.cameras.resize(self.size, self.size)
         self.cond, self.eft_rgb = [], []
         for i in range(len(self.path)):
