@@ -71,36 +71,51 @@ def _print_record(record: dict, out: Path) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .evaluation import write_comparison
     from .methods.fit_config import SPARSE_PRESET, FitConfig
     from .methods.protocol_run import run_protocol
+    from .pretrained import shipped_model_dir
 
     scene_path = Path(args.scene) if args.scene else _default_demo_scene()
     train_json = scene_path / "transforms_train.json"
     if not train_json.is_file():
         raise FileNotFoundError(f"{train_json}: the demo needs a Blender-format scene folder")
-    # A folder with its own 3-view train file (the shipped example) uses its train/test files;
-    # a full Blender scene such as lego uses the lego-3view protocol at 64x64.
+    # A folder with its own small train file (the shipped example) gives its first 2 views as inputs and is
+    # evaluated on its test file; a full Blender scene such as lego uses the lego-3view protocol at 64x64.
     n_train = len(json.loads(train_json.read_text())["frames"])
-    protocol, downscale = ("blender-split", 1.0) if n_train <= 8 else ("lego-3view", 2.0)
+    protocol, downscale, k = ("blender-split-2view", 1.0, 2) if n_train <= 8 else ("lego-3view", 2.0, 3)
     out = Path(args.out)
-    print(f"fewview demo: reconstructing {scene_path.name} from 3 views (protocol {protocol}) into {out}/")
-    cfg = FitConfig(
-        **{
-            **SPARSE_PRESET,
-            "steps": args.steps,
-            "upsample_step": args.steps // 3,
-            "checkpoint_every": max(args.steps // 4, 1),
-        }
-    )
-    record = run_protocol(scene_path, protocol, out, cfg, downscale=downscale, progress=not args.quiet)
-    _print_record(record, out)
-    fit = load_fit(out)
-    _render_outputs(out, fit, frames=40, quiet=args.quiet)
+    with_prior = not args.no_prior_only and (shipped_model_dir("vldm") / "config.json").is_file()
+    print(f"fewview demo: reconstructing {scene_path.name} from {k} views (protocol {protocol}) into {out}/")
+    every = lambda n: max(n // 4, 1)  # noqa: E731
+    cfg = FitConfig(**{**SPARSE_PRESET, "steps": args.steps, "upsample_step": args.steps // 3,
+                       "checkpoint_every": every(args.steps)})  # fmt: skip
+    print("no prior: the field fitted to the input views alone")
+    record = run_protocol(scene_path, protocol, out / "no-prior", cfg, downscale=downscale, progress=not args.quiet)
+    _print_record(record, out / "no-prior")
+    runs = {"no prior": "no-prior"}
+    if with_prior:
+        from .methods.sparsefusion import SparseFusionConfig
+
+        print("SparseFusion: the shipped VLDM distilled into the field")
+        sf = SparseFusionConfig(steps=args.sf_steps, upsample_step=args.sf_steps // 3,
+                                checkpoint_every=every(args.sf_steps),
+                                sf_max_denoise_steps=args.sf_denoise_steps)  # fmt: skip
+        record = run_protocol(scene_path, protocol, out / "sparsefusion", sf, downscale=downscale,
+                              progress=not args.quiet)  # fmt: skip
+        _print_record(record, out / "sparsefusion")
+        runs["SparseFusion"] = "sparsefusion"
+    elif not args.no_prior_only:
+        print("SparseFusion: skipped (no shipped VLDM; train one with fewview train vldm)")
+    write_comparison(out, runs, f"fewview demo: {scene_path.name} from {k} views ({protocol})")
+    final = out / list(runs.values())[-1]
+    fit = load_fit(final)
+    _render_outputs(final, fit, frames=40, quiet=args.quiet)
     try:
-        _export_outputs(fit, out / "mesh.ply", out / "points.ply", resolution=128)
+        _export_outputs(fit, final / "mesh.ply", final / "points.ply", resolution=128)
     except ExportError as e:
         print(f"mesh: skipped ({e})")
-    print(f"open {out / 'report.html'} for the novel views")
+    print(f"open {out / 'report.html'} for the novel views side by side ({out / 'comparison.png'})")
     return 0
 
 
@@ -318,12 +333,75 @@ def _recon_distilled(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recon_dfm(args: argparse.Namespace) -> int:
+    """``recon --method dfm``: sampled 3-D scenes from the chosen views; the other views' renders (and their
+    uncertainty across ``--samples``), each sampled view, a turntable and a mesh (or a protocol's metrics)."""
+    from PIL import Image
+
+    from .data import load_scene
+    from .evaluation import colorize_depth, to_uint8
+    from .export import extract_mesh, save_mesh, turntable_cameras, write_video
+    from .methods.dfm import DFMOptions, DFMReconstruction
+    from .methods.recon import run_recon_protocol
+
+    opts = DFMOptions(dfm_model=args.model or "dfm", dfm_samples=args.samples, dfm_seed=args.seed,
+                      dfm_steps=args.sample_steps, dfm_mode=args.mode, dfm_orbit=args.orbit_views,
+                      dfm_guidance=args.guidance, dfm_render=args.render)  # fmt: skip
+    out = Path(args.out)
+    if args.protocol:
+        make = lambda sc, ids: DFMReconstruction(sc, ids, opts).run(not args.quiet).render  # noqa: E731
+        rec = run_recon_protocol(args.scene, args.protocol, out, None, progress=not args.quiet,
+                                 lpips_weights=args.lpips_weights, downscale=args.downscale, make_render=make,
+                                 method=f"dfm-{args.mode}")  # fmt: skip
+        _print_record({**rec, "fit_seconds": rec["wall_seconds"]}, out)
+        return 0
+    if not args.views:
+        print("error: give --views I,J or --protocol NAME", file=sys.stderr)
+        return 2
+    scene = load_scene(args.scene, split=args.split, downscale=args.downscale)
+    views = [int(v) for v in args.views.split(",")]
+    if any(not 0 <= v < len(scene) for v in views):
+        print(f"error: --views {args.views}: the scene has views 0..{len(scene) - 1}", file=sys.stderr)
+        return 2
+    rec = DFMReconstruction(scene, views, opts).run(not args.quiet)
+    grey = lambda v: to_uint8((v.sqrt() / 0.25).clamp(0, 1).expand(3, -1, -1))  # noqa: E731  std, white >= 0.25
+    (out / "views").mkdir(parents=True, exist_ok=True)
+    for i in range(len(scene)):
+        if i not in views:
+            r = rec.render(scene.cameras[i])
+            stem = Path(scene.frames[i]).stem
+            Image.fromarray(to_uint8(r["rgb"])).save(out / "views" / f"{stem}_rgb.png")
+            if args.samples > 1:
+                Image.fromarray(grey(r["variance"])).save(out / "views" / f"{stem}_std.png")
+    (out / "samples").mkdir(exist_ok=True)
+    for k, s in enumerate(rec.scenes):
+        Image.fromarray(to_uint8(s.image)).save(out / "samples" / f"sample_{k}_view.png")
+    cams = turntable_cameras(scene.cameras[views], args.frames)
+    frames = [rec.render(cams[i]) for i in range(len(cams))]
+    write_video([to_uint8(f["rgb"]) for f in frames], out / "turntable.mp4")
+    write_video([to_uint8(f["rgb"]) for f in frames], out / "turntable.gif")
+    write_video([to_uint8(colorize_depth(f["depth"], f["opacity"])) for f in frames], out / "turntable_depth.gif")
+    if args.samples > 1:
+        write_video([grey(f["variance"]) for f in frames], out / "turntable_std.gif")
+    try:
+        mesh = extract_mesh(rec.scenes[0], 128)
+        for ext in ("ply", "glb"):
+            save_mesh(mesh, out / f"mesh.{ext}")
+        print(f"wrote {out}/mesh.ply and mesh.glb ({len(mesh.vertices)} vertices, sample 0)")
+    except ExportError as e:
+        print(f"mesh: skipped ({e})")
+    print(f"wrote {out}/views/ ({len(scene) - len(views)} novel views), {out}/samples/ and the turntables")
+    return 0
+
+
 def cmd_recon(args: argparse.Namespace) -> int:
     from .methods.recon import recon_views, run_recon_protocol
     from .pretrained import shipped_model_dir
 
     if args.method == "sparsefusion":
         return _recon_distilled(args)
+    if args.method == "dfm":
+        return _recon_dfm(args)
 
     model_dir = Path(args.model) if args.model else shipped_model_dir(args.method)
     meta_path = model_dir / "config.json"
@@ -480,12 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fewview {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="reconstruct the example object from 3 views: novel views, turntable, mesh, report")
+    d = sub.add_parser("demo", help="reconstruct the example object from 2 views, with and without a prior: novel "
+                       "views side by side, turntable, mesh, report")  # fmt: skip
     d.add_argument(
         "--scene", help="Blender scene folder (default: $FEWVIEW_DEMO_SCENE, else the shipped example object)"
     )
     d.add_argument("--out", default="fewview-demo", help="output folder (default: fewview-demo)")
-    d.add_argument("--steps", type=int, default=1500, help="optimisation steps (default: 1500)")
+    d.add_argument("--steps", type=int, default=1500, help="optimisation steps of the no-prior fit (default: 1500)")
+    d.add_argument("--sf-steps", type=int, default=600, help="optimisation steps of SparseFusion (default: 600)")
+    d.add_argument("--sf-denoise-steps", type=int, default=10,
+                   help="cap of SparseFusion's denoising steps per distillation step (paper: 50; default: 10)")
+    d.add_argument("--no-prior-only", action="store_true", help="only the no-prior fit")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
 
@@ -601,8 +684,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("recon", help="novel views from a trained model (eft, pixelnerf) or SparseFusion (distilled)")
     rc.add_argument("scene", help="scene folder (any supported format)")
-    rc.add_argument("--method", required=True, choices=["eft", "pixelnerf", "sparsefusion"],
-                    help="sparsefusion: the VLDM (--model, default the shipped vldm) distilled into a field")
+    rc.add_argument("--method", required=True, choices=["eft", "pixelnerf", "sparsefusion", "dfm"],
+                    help="sparsefusion: the VLDM (--model, default the shipped vldm) distilled into a field; "
+                         "dfm: 3-D scenes sampled from the views")  # fmt: skip
+    rc.add_argument("--samples", type=int, default=1, help="dfm: independent scenes (uncertainty when > 1)")
+    rc.add_argument("--seed", type=int, default=0, help="dfm: seed of sample 0")
+    rc.add_argument("--sample-steps", type=int, default=50, help="dfm: DDIM steps per sampled view")
+    rc.add_argument("--mode", choices=["oneshot", "autoregressive"], default="oneshot",
+                    help="dfm: one sampled view, or views sampled in turn around the orbit (360 degrees)")
+    rc.add_argument("--orbit-views", type=int, default=6, help="dfm --mode autoregressive: views sampled")
+    rc.add_argument("--guidance", type=float, default=1.0, help="dfm: classifier-free guidance (1: off)")
+    rc.add_argument("--render", choices=["sample", "mean"], default="sample",
+                    help="dfm: render sample 0, or the per-pixel mean of the samples")
     rc.add_argument("--model", help="pretrained folder (default: the checkpoint shipped with fewview)")
     rc.add_argument("--out", required=True)
     rc.add_argument("--protocol", help="evaluate on a named protocol (metrics.json, report.html)")

@@ -190,6 +190,44 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;t
     return path
 
 
+def write_comparison(out_dir: str | Path, runs: dict[str, str], title: str, max_views: int = 6) -> Path:
+    """``report.html`` and ``comparison.png`` in ``out_dir`` comparing protocol runs (``{method: run subfolder}``,
+    each with ``metrics.json`` and ``renders/``) on the same views: a table of means, then per view the inputs,
+    every method's render with its PSNR, and the ground truth. The picture holds the first ``max_views`` views:
+    one row per method, the ground truth last."""
+    d = Path(out_dir)
+    recs = {m: json.loads((d / sub / "metrics.json").read_text()) for m, sub in runs.items()}
+    first = next(iter(runs.values()))
+    names = recs[next(iter(recs))]["evaluation_names"]
+    inputs = sorted(p.relative_to(d).as_posix() for p in (d / first / "renders").glob("input_*.png"))
+    keys = [k for k in ("psnr", "ssim", "lpips_alex") if any(r["means"].get(k) is not None for r in recs.values())]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    means = "".join(f"<tr><td>{html.escape(m)}</td>" + "".join(f"<td>{fmt(r['means'].get(k))}</td>" for k in keys)
+                    + f"<td>{r.get('fit_seconds', float('nan')):.0f}</td></tr>" for m, r in recs.items())  # fmt: skip
+    rows = []
+    for i, n in enumerate(names):
+        cells = "".join(f'<td><img src="{runs[m]}/renders/{n}_pred.png"><br>{r["per_view"]["psnr"][i]:.2f} dB</td>'
+                        for m, r in recs.items())  # fmt: skip
+        rows.append(f'<tr><td>{html.escape(n)}</td>{cells}<td><img src="{first}/renders/{n}_gt.png"></td></tr>')
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in recs)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:24px}} img{{image-rendering:pixelated;width:160px}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<table><tr><th>method</th>{"".join(f"<th>{k}</th>" for k in keys)}<th>seconds</th></tr>{means}</table>
+<p>Each method's own report: {", ".join(f'<a href="{s}/report.html">{html.escape(m)}</a>' for m, s in runs.items())}</p>
+<h2>Inputs</h2><div>{"".join(f'<img src="{html.escape(p)}">' for p in inputs)}</div>
+<h2>Held-out views</h2><table><tr><th>view</th>{head}<th>ground truth</th></tr>{"".join(rows)}</table>
+</body></html>"""
+    (d / "report.html").write_text(page)
+    load = lambda p: np.asarray(Image.open(p).convert("RGB"))  # noqa: E731
+    shown = names[:max_views]
+    grid = [np.concatenate([load(d / runs[m] / "renders" / f"{n}_pred.png") for n in shown], 1) for m in runs]
+    grid.append(np.concatenate([load(d / first / "renders" / f"{n}_gt.png") for n in shown], 1))
+    Image.fromarray(np.concatenate(grid, 0)).save(d / "comparison.png")
+    return d / "report.html"
+
+
 def nan_to_none(x):
     """JSON-safe copy (NaN/Inf become None)."""
     if isinstance(x, dict):

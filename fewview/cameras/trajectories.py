@@ -177,14 +177,14 @@ def orbit_axis(cams: Cameras) -> Tensor:
 
 
 def input_orbit(cams: Cameras, n: int = 50, target: Tensor | None = None, elevation_jitter: float = 0.0,
-                generator: torch.Generator | None = None) -> Cameras:  # fmt: skip
+                generator: torch.Generator | None = None, up: Tensor | None = None) -> Cameras:  # fmt: skip
     """A distillation path from the input cameras alone (any number, 1 included): ``n`` cameras on the circle
     about the axis through ``target`` (default: the point nearest the inputs' optical axes, or 3 units ahead of
     a single camera) along their common up direction (:func:`orbit_axis`), at their mean height and mean
     distance from that axis, starting at input 0, all looking at ``target``; optional out-of-plane jitter as
-    SparseFusion's."""
+    SparseFusion's. ``up`` overrides the axis direction (a known world up)."""
     c = cams.centers.double()
-    up = orbit_axis(cams)
+    up = orbit_axis(cams) if up is None else _normalize(torch.as_tensor(up, dtype=torch.float64))
     if target is None:
         target = nearest_point_to_axes(cams) if len(cams) >= 2 else c[0] + 3 * cams.R[0, :, 2].double()
     target = torch.as_tensor(target, dtype=torch.float64)

@@ -112,9 +112,16 @@ def blender_split(n_train: int, n_test: int) -> ViewSplit:
     return ViewSplit("blender-split", tuple(range(n_train)), tuple(range(n_test)), "train", "test")
 
 
+def blender_first(n_train: int, n_test: int, k: int) -> ViewSplit:
+    """The first ``k`` views of a Blender scene's train file are the inputs; every test view is evaluated."""
+    _need(f"blender-split-{k}view", n_train, k)
+    return ViewSplit(f"blender-split-{k}view", tuple(range(k)), tuple(range(n_test)), "train", "test")
+
+
 # Named protocols of docs/benchmarks.md (scene-specific ones take the scene's view count).
 PROTOCOLS = {
     "blender-split": blender_split,
+    "blender-split-2view": lambda n_train, n_test: blender_first(n_train, n_test, 2),
     "lego-dense": lambda n_train=100: ViewSplit("lego-dense", tuple(range(n_train)), tuple(range(25)), "train", "test"),
     "lego-3view": lambda n_train=100: replace(blender_views(n_train, 3), protocol="lego-3view"),
     # lego-3view's inputs evaluated on val views 0-24: the views presets and hyperparameters are chosen on

@@ -114,20 +114,21 @@ def sample(fn: Denoiser, shape: tuple[int, ...], schedule: NoiseSchedule, steps:
     return sample_grid(fn, x_T, schedule.grid(steps), schedule, method, eta, generator, clip_x0, progress)[0]
 
 
-def multistep_steps(t: float) -> int:
-    """min(⌊100 t⌋, 50), at least 1: SparseFusion's step count for denoising from continuous time t."""
-    return max(min(int(t * 100), 50), 1)
+def multistep_steps(t: float, max_steps: int = 50) -> int:
+    """min(⌊100 t⌋, max_steps), at least 1: SparseFusion's step count for denoising from continuous time t
+    (official ``max_steps`` 50)."""
+    return max(min(int(t * 100), max_steps), 1)
 
 
 def multistep_denoise(fn: Denoiser, x0: Tensor, t: float, schedule: NoiseSchedule, noise: Tensor | None = None,
                       method: str = "plms", generator: torch.Generator | None = None,
-                      clip_x0: float | None = None) -> tuple[Tensor, dict]:  # fmt: skip
+                      clip_x0: float | None = None, max_steps: int = 50) -> tuple[Tensor, dict]:  # fmt: skip
     """Noise the clean latent ``x0`` to continuous time ``t`` ∈ (0, 1) and denoise it back to 0 in
     :func:`multistep_steps` steps (SparseFusion's distillation target). Returns (x̂0, info)."""
     if not 0 < t < 1:
         raise ValueError(f"t must lie in (0, 1), got {t}")
     t_idx = schedule.continuous_to_index(t)
-    n = multistep_steps(t)
+    n = multistep_steps(t, max_steps)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator).to(x0)
     x_t = schedule.add_noise(x0, noise, torch.full((x0.shape[0],), t_idx, dtype=torch.long))

@@ -24,9 +24,9 @@ BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 def protocol_scenes(scene_path: str | Path, protocol: str, downscale: float = 1.0) -> tuple[Scene, Scene, ViewSplit]:
     """(scene the inputs index, scene the evaluation views index, split) for a named protocol."""
     fn = get_protocol(protocol)
-    if protocol.startswith("lego-") or protocol == "blender-split":
+    if protocol.startswith("lego-") or protocol.startswith("blender-split"):
         train = load_blender(scene_path, "train", downscale=downscale)
-        split = fn(len(train)) if protocol != "blender-split" else None
+        split = fn(len(train)) if not protocol.startswith("blender-split") else None
         test = load_blender(scene_path, split.eval_split if split else "test", downscale=downscale)
         return train, test, split or fn(len(train), len(test))
     if protocol.startswith("objects-"):

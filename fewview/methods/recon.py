@@ -69,17 +69,22 @@ def mean_seeking_fit(render: ModelRenderer, inputs: Scene, background, steps: in
 
 def run_recon_protocol(scene_path: str | Path, protocol: str, out_dir: str | Path, model_dir: str | Path,
                        mean_seeking: bool = False, fit_steps: int = 1000, progress: bool = True, lpips: bool = True,
-                       lpips_weights=None, background=(1.0, 1.0, 1.0), downscale: float = 1.0) -> dict:  # fmt: skip
+                       lpips_weights=None, background=(1.0, 1.0, 1.0), downscale: float = 1.0,
+                       make_render=None, method: str | None = None) -> dict:  # fmt: skip
     """Render the protocol's evaluation views with the model (or the mean-seeking field) from its inputs;
-    writes ``metrics.json``, ``report.html`` and renders like :func:`run_protocol`."""
+    writes ``metrics.json``, ``report.html`` and renders like :func:`run_protocol`. ``make_render(inputs_scene,
+    input_ids)`` replaces the model's own renderer (DFM's sampled scenes), named ``method``."""
     out = Path(out_dir)
     t0 = time.perf_counter()
-    model = from_pretrained(model_dir)
     inputs_scene, eval_scene, split = protocol_scenes(scene_path, protocol, downscale)
     inputs = inputs_scene.select(list(split.inputs))
     ctx = inputs.composite(background) if inputs.masks is not None else inputs.images
-    render = ModelRenderer(model, ctx, inputs.cameras, model_image_size(model_dir))
-    method = model.model_name
+    if make_render is not None:
+        render = make_render(inputs_scene, list(split.inputs))
+    else:
+        model = from_pretrained(model_dir)
+        render = ModelRenderer(model, ctx, inputs.cameras, model_image_size(model_dir))
+        method = model.model_name
     if mean_seeking:
         state = mean_seeking_fit(render, inputs, background, fit_steps, progress=progress)
         render_fn, method = state.render, f"{method}-mean-seeking-fit"

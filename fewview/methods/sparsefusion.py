@@ -60,6 +60,7 @@ class SparseFusionOptions:
     sf_w_perceptual: float = option(default=0.1, metadata={"help": "LPIPS weight of the distillation loss"})
     sf_w_opacity_reg: float = option(default=1e-3, metadata={"help": "mean sqrt(w^2 + 0.01) of the ray weights"})
     sf_t_max: float = option(default=0.99, metadata={"help": "largest continuous t drawn"})
+    sf_max_denoise_steps: int = option(default=50, metadata={"help": "cap of the min(⌊100t⌋, cap) PLMS steps"})
     sf_guidance: float = option(default=1.0, metadata={"help": "classifier-free guidance (official: 1, none)"})
     sf_eft_mask: float = option(default=0.1, metadata={"help": "EFT colour this far from the background = object"})
     sf_objective: str = option(default="multistep", metadata={
@@ -164,7 +165,7 @@ class SparseFusionFitter(Fitter):
         noise = torch.randn(1, self.vldm.config.latent_channels, *self.cond[i].shape[-2:], generator=self.gen)
         perceptual = self.perceptual if c.sf_w_perceptual > 0 else None
         return multistep_terms(self.vldm, rgb, {"concat": self.cond[i]}, t, noise.to(rgb), perceptual,
-                               c.sf_w_perceptual, timings=self.timings)  # fmt: skip
+                               c.sf_w_perceptual, timings=self.timings, max_steps=c.sf_max_denoise_steps)  # fmt: skip
 
     def losses(self, idx: Tensor):
         c = self.cfg

@@ -33,9 +33,12 @@ class ResNetEncoder(nn.Module):
     """Stem (stride 2) + stages; every stage's output is bilinearly resized to H/2 and concatenated
     (pixelNeRF's and SparseFusion's multi-scale feature map). ``out_channels`` = sum of ``widths``."""
 
-    def __init__(self, widths: tuple[int, ...] = (32, 48, 64), blocks: int = 1):
+    def __init__(self, widths: tuple[int, ...] = (32, 48, 64), blocks: int = 1, in_channels: int = 3,
+                 time_dim: int = 0):  # fmt: skip
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 5, 2, 2, bias=False), _gn(widths[0]), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 5, 2, 2, bias=False), _gn(widths[0]), nn.ReLU())
+        # a time embedding (N, time_dim) is added to the stem's output (DFM's encoder of the noisy target view)
+        self.time_proj = nn.Linear(time_dim, widths[0]) if time_dim > 0 else None
         stages, cin = [], widths[0]
         for i, w in enumerate(widths):
             layers = [BasicBlock(cin, w, 1 if i == 0 else 2)] + [BasicBlock(w, w, 1) for _ in range(blocks - 1)]
@@ -44,9 +47,13 @@ class ResNetEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.out_channels = sum(widths)
 
-    def forward(self, img: Tensor) -> Tensor:
-        """(N, 3, H, W) in [0, 1] -> (N, C, H/2, W/2)."""
+    def forward(self, img: Tensor, temb: Tensor | None = None) -> Tensor:
+        """(N, in_channels, H, W), images in [0, 1] -> (N, C, H/2, W/2); ``temb`` (N, time_dim) when built with one."""
         x = self.stem(img * 2 - 1)
+        if self.time_proj is not None:
+            if temb is None:
+                raise ValueError("this encoder is time-conditioned: pass temb")
+            x = x + self.time_proj(temb)[:, :, None, None]
         size = x.shape[-2:]
         feats = []
         for st in self.stages:

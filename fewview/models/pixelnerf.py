@@ -29,6 +29,9 @@ class PixelNeRFConfig:
     samples_fine: int = 16
     band: float = 0.45  # near/far = d * (1 -+ band), d = mean distance of the context cameras to the origin
     background: float = 1.0
+    in_channels: int = 3  # encoder input channels (DFM's target encoder reads more than colour)
+    features: int = 0  # extra rendered feature channels beside colour (DFM's deterministic estimate)
+    time_dim: int = 0  # per-view time embedding: FiLM in every block before the mean, and in the encoder (DFM)
 
 
 class ResBlock(nn.Module):
@@ -60,22 +63,30 @@ class PixelNeRF(nn.Module):
     def __init__(self, config: PixelNeRFConfig | None = None):
         super().__init__()
         self.config = c = config or PixelNeRFConfig()
-        self.encoder = ResNetEncoder(tuple(c.widths))
+        self.encoder = ResNetEncoder(tuple(c.widths), in_channels=c.in_channels, time_dim=c.time_dim)
         d_in = 3 * (1 + 2 * c.pos_freqs) + 3 * (1 + 2 * c.dir_freqs) + self.encoder.out_channels
         self.inp = nn.Linear(d_in, c.hidden)
         self.before = nn.ModuleList([ResBlock(c.hidden) for _ in range(c.blocks_before_mean)])
         self.after = nn.ModuleList([ResBlock(c.hidden) for _ in range(c.blocks_after_mean)])
-        self.out = nn.Linear(c.hidden, 4)
+        self.out = nn.Linear(c.hidden, 4 + c.features)
+        self.film = None
+        if c.time_dim > 0:  # zero-initialised: the time embedding starts as the identity modulation
+            self.film = nn.ModuleList([nn.Linear(c.time_dim, 2 * c.hidden) for _ in range(1 + c.blocks_before_mean)])
+            for f in self.film:
+                nn.init.zeros_(f.weight)
+                nn.init.zeros_(f.bias)
 
     # ------------------------------------------------------------------ parts
-    def encode(self, context: Tensor) -> Tensor:
-        """(B, n, 3, H, W) -> (B, n, C, H/2, W/2)."""
+    def encode(self, context: Tensor, temb: Tensor | None = None) -> Tensor:
+        """(B, n, in_channels, H, W) -> (B, n, C, H/2, W/2); ``temb`` (B, n, time_dim) for a time-conditioned one."""
         b, n = context.shape[:2]
-        f = self.encoder(context.flatten(0, 1))
+        f = self.encoder(context.flatten(0, 1), None if temb is None else temb.flatten(0, 1))
         return f.reshape(b, n, *f.shape[1:])
 
-    def query(self, feats: Tensor, c2w: Tensor, K: Tensor, size, x: Tensor, d: Tensor, scale: Tensor):
-        """Density (B, P) and colour (B, P, 3) at world points x (B, P, 3) seen along unit directions d."""
+    def query(self, feats: Tensor, c2w: Tensor, K: Tensor, size, x: Tensor, d: Tensor, scale: Tensor,
+              temb: Tensor | None = None):  # fmt: skip
+        """Density (B, P) and colour (B, P, 3 + features) at world points x (B, P, 3) seen along unit directions d;
+        ``temb`` (B, n, time_dim) modulates each view's hidden states (FiLM) in a time-conditioned field."""
         b, n = feats.shape[:2]
         w2c = torch.linalg.inv(c2w)  # (B, n, 4, 4)
         R, t = w2c[..., :3, :3], w2c[..., :3, 3]
@@ -88,17 +99,26 @@ class PixelNeRF(nn.Module):
         h = torch.cat([positional_encoding(xc / s, self.config.pos_freqs),
                        positional_encoding(dc, self.config.dir_freqs), f], -1)  # fmt: skip
         h = self.inp(h)
-        for blk in self.before:
-            h = blk(h)
+        if self.film is not None and temb is None:
+            raise ValueError("this field is time-conditioned: pass temb")
+        film = None if self.film is None else [f(temb)[:, :, None] for f in self.film]  # (B, n, 1, 2 hidden)
+        for i, blk in enumerate([None, *self.before]):
+            h = h if blk is None else blk(h)
+            if film is not None:
+                scale_, shift = film[i].chunk(2, -1)
+                h = h * (1 + scale_) + shift
         h = h.mean(1)
         for blk in self.after:
             h = blk(h)
         o = self.out(F.relu(h))
-        return F.softplus(o[..., 0] - 1.0) / scale[:, None], torch.sigmoid(o[..., 1:])
+        colour = torch.cat([torch.sigmoid(o[..., 1:4]), o[..., 4:]], -1)
+        return F.softplus(o[..., 0] - 1.0) / scale[:, None], colour
 
-    def render_rays(self, feats, c2w, K, size, origins: Tensor, dirs: Tensor, noise: Tensor | None = None):
+    def render_rays(self, feats, c2w, K, size, origins: Tensor, dirs: Tensor, noise: Tensor | None = None,
+                    temb: Tensor | None = None):  # fmt: skip
         """Coarse + fine rendering of rays (B, R, 3). ``noise`` (B, R, S) jitters the coarse samples (training);
-        without it, bin centres. Returns dict of (B, R, ...) tensors: rgb, rgb_coarse, depth, opacity."""
+        without it, bin centres. Returns dict of (B, R, ...) tensors: rgb, rgb_coarse, depth, opacity, and
+        ``features`` (B, R, F) when the field has some; ``weights`` and ``t`` (B, R, S) of the final pass."""
         c = self.config
         b, r = origins.shape[:2]
         scale = scene_scale(c2w)
@@ -107,29 +127,34 @@ class PixelNeRF(nn.Module):
         u = torch.arange(S, device=origins.device, dtype=origins.dtype)
         u = u + (noise[..., :S] if noise is not None else 0.5)
         t = (near[:, None, None] + (far - near)[:, None, None] * u / S).expand(b, r, S)
-        out_c = self._composite(feats, c2w, K, size, origins, dirs, t, scale)
+        out_c = self._composite(feats, c2w, K, size, origins, dirs, t, scale, temb)
         if c.samples_fine > 0:
             mids = 0.5 * (t[..., 1:] + t[..., :-1])
             edges = torch.cat([t[..., :1], mids, t[..., -1:]], -1)
             tf = sample_pdf(edges.flatten(0, 1), out_c["weights"].flatten(0, 1), c.samples_fine, perturb=False)
             t_all, _ = torch.sort(torch.cat([t, tf.reshape(b, r, -1)], -1), -1)
-            out = self._composite(feats, c2w, K, size, origins, dirs, t_all, scale)
+            out = self._composite(feats, c2w, K, size, origins, dirs, t_all, scale, temb)
         else:
-            out = out_c
-        return {"rgb": out["rgb"], "rgb_coarse": out_c["rgb"], "depth": out["depth"], "opacity": out["opacity"]}
+            out, t_all = out_c, t
+        res = {"rgb": out["rgb"][..., :3], "rgb_coarse": out_c["rgb"][..., :3], "depth": out["depth"],
+               "opacity": out["opacity"], "weights": out["weights"], "t": t_all}  # fmt: skip
+        if c.features:
+            res["features"] = out["rgb"][..., 3:]
+        return res
 
-    def _composite(self, feats, c2w, K, size, origins, dirs, t, scale):
+    def _composite(self, feats, c2w, K, size, origins, dirs, t, scale, temb=None):
         b, r, s = t.shape
         x = origins[:, :, None] + dirs[:, :, None] * t[..., None]
         d = dirs[:, :, None].expand(b, r, s, 3)
-        sigma, rgb = self.query(feats, c2w, K, size, x.reshape(b, -1, 3), d.reshape(b, -1, 3), scale)
-        sigma, rgb = sigma.reshape(b, r, s), rgb.reshape(b, r, s, 3)
+        sigma, rgb = self.query(feats, c2w, K, size, x.reshape(b, -1, 3), d.reshape(b, -1, 3), scale, temb)
+        sigma, rgb = sigma.reshape(b, r, s), rgb.reshape(b, r, s, -1)
         deltas = torch.cat([t[..., 1:] - t[..., :-1], torch.full_like(t[..., :1], 1e10)], -1)
         alpha = 1 - torch.exp(-sigma * deltas)
         w, _ = weights_from_alpha(alpha.flatten(0, 1))
         w = w.reshape(b, r, s)
         acc = w.sum(-1)
-        color = (w[..., None] * rgb).sum(-2) + (1 - acc)[..., None] * self.config.background
+        color = (w[..., None] * rgb).sum(-2)
+        color = torch.cat([color[..., :3] + (1 - acc)[..., None] * self.config.background, color[..., 3:]], -1)
         return {"rgb": color, "weights": w, "depth": (w * t).sum(-1), "opacity": acc}
 
     # ------------------------------------------------------------ public use
