@@ -293,9 +293,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
         model = model_cls(mcfg)
         depth = getattr(model, "needs_depth", False)
-        source = make_source(cfg, "train", depth=depth)
+        groups = getattr(model, "self_training_groups", None)
+        source = make_source(cfg, "train", depth=depth, self_training=groups)
         try:
-            eval_source = make_source(cfg, "val", depth=depth)
+            eval_source = make_source(cfg, "val", depth=depth, self_training=groups)
         except (DataError, ValueError):
             eval_source = None
         if info.is_main:

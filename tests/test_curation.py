@@ -130,3 +130,97 @@ def test_lrm_canonical_frame_trains_and_renders(tmp_path):
             "--model-plane-res", "16", "--model-plane-channels", "8", "--model-hidden", "16",
             "--model-samples", "8"]  # fmt: skip
     assert ddp_weight_gap(args, tmp_path / "ddp") < 1e-5
+
+
+def _mixed_root(tmp_path, res=32):
+    from fewview.objects.builder import ObjectsConfig, build
+
+    from .test_household import make_library
+
+    src = tmp_path / "libs"
+    src.mkdir()
+    for k in range(8):
+        make_library(src / f"L{k}.sh3f", extra_models=False)
+    root = tmp_path / "mixed"
+    build(ObjectsConfig(objects=8, views=5, res=res, recipe="mixed", household=str(src), shard_size=4), root,
+          progress=False)  # fmt: skip
+    return root
+
+
+TINY_LRM = dict(image_size=32, patch=8, width=32, heads=2, encoder_layers=1, decoder_layers=1, plane_tokens=4,
+                plane_res=16, plane_channels=8, hidden=16, samples=8, semantic_views=3, semantic_size=16)  # fmt: skip
+
+
+def test_lrm_self_training_reads_single_views_and_stops_the_cycles_first_pass(tmp_path):
+    """Self-training pairs set A batches with set B single views (query only, no context); the cycle's first pass
+    (the curriculum render) carries no gradient while the second pass does; every loss term is logged; the
+    semantic loss's max picks the least similar view."""
+    from fewview.models.lrm import LRM, LRMConfig
+    from fewview.train import DistInfo, TrainConfig, Trainer
+    from fewview.train.trainer import make_source
+
+    root = _mixed_root(tmp_path)
+    torch.manual_seed(0)
+    model = LRM(LRMConfig(**TINY_LRM, self_training=True))
+    tc = TrainConfig(data=str(root), steps=2, batch_size=2, rays=16, checkpoint_every=2, eval_every=0, warmup=1,
+                     context_min=1, context_max=1, device="cpu", lr=1e-3)  # fmt: skip
+    source = make_source(tc, "train", self_training=model.self_training_groups)
+    assert source.single_view.rgba.shape[1] == 1 and not set(source.ids) & set(source.single_view.ids)
+    calls = []
+    real = model.render_image
+
+    def spy(planes, *a, **k):
+        calls.append(planes.requires_grad)
+        return real(planes, *a, **k)
+
+    model.render_image = spy
+    tr = Trainer(model, tc, source, tmp_path / "lrm", DistInfo())
+    tr.run(progress=False)
+    # per step: the curriculum render (detached planes) then the semantic renders (with gradient)
+    assert calls[0::2] == [False, False] and calls[1::2] == [True, True]
+    logged = tr.history[-1] if tr.history else {}
+    batch_logs = model(_one_batch(source, tc))[1]
+    for key in ("mse", "lpips", "mask", "sv_mse", "sv_mask", "cycle_mse", "cycle_lpips", "cycle_mask", "semantic"):
+        assert key in batch_logs, key
+    assert logged == {} or "loss" in logged
+
+
+def _one_batch(source, tc):
+    from fewview.train.data import sample_batch
+
+    b = sample_batch(source, 0, 0, 2, (1, 1), None, 8)
+    b.single = sample_batch(source.single_view, 1, 0, 2, (0, 0), None, 8)
+    b.progress = 0.5
+    return b
+
+
+def test_lrm_cycle_gradient_skips_the_first_pass(tmp_path):
+    """Backpropagating the cycle term reaches the weights through the re-encoded second pass only: zeroing the
+    first pass's planes' gradient path changes nothing (the novel render is computed under no_grad)."""
+    from fewview.models.lrm import LRM, LRMConfig
+    from fewview.train import TrainConfig
+    from fewview.train.trainer import make_source
+
+    root = _mixed_root(tmp_path)
+    torch.manual_seed(0)
+    cfg = LRMConfig(**TINY_LRM, self_training=True, w_sv_rgb=0, w_sv_mask=0, w_semantic=0, w_rgb=0, w_mask=0,
+                    w_lpips=0)  # fmt: skip
+    model = LRM(cfg)
+    tc = TrainConfig(data=str(root), steps=1, batch_size=2, context_min=1, context_max=1)
+    source = make_source(tc, "train", self_training=model.self_training_groups)
+    batch = _one_batch(source, tc)
+    seen, n = {}, [0]
+    real = model.triplane
+
+    def spy(image):
+        planes, k = real(image), n[0]
+        n[0] += 1
+        planes.register_hook(lambda g: seen.__setitem__(k, float(g.abs().sum())))
+        return planes
+
+    model.triplane = spy
+    loss, logs = model(batch)
+    loss.backward()
+    # triplane runs for A's input (0), B's input (1) and the cycle's re-encoded input (2): with every other term
+    # weighted 0, only the re-encoded pass gets a gradient; the curriculum render of pass 1 passes none back
+    assert n[0] == 3 and seen[2] > 0 and seen.get(1, 0.0) == 0.0 and logs["cycle_mse"] > 0

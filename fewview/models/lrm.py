@@ -6,8 +6,21 @@ upsampled to feature planes; a NeRF MLP on the summed plane features (density ex
 by volume rendering inside the object box. The input camera is canonical: every other camera is re-expressed
 relative to it (:func:`canonical_frame`), so the model never sees absolute poses.
 
-Training on multi-view data (Real3D's supervised stage): MSE colour ×2 + mask ×1 on the query rays. The
-LPIPS term, the single-view self-training and the cycle are not implemented yet (docs/real3d.md).
+Inputs are composited on grey (``input_background``), targets on white, as in the official code.
+
+Supervised stage on multi-view data (set A): MSE colour ×2 + LPIPS ×1 + mask ×1 on a random ``patch``² patch of the
+target view (LPIPS-alex: the VGG weights cannot be had here). With ``self_training`` (Real3D), every step also
+reads a batch of single-view objects (set B, ``Batch.single``: the query is the object's only view):
+
+- input view: MSE colour ×0.6 + mask ×0.3 on a patch of the input camera;
+- cycle consistency: a curriculum view (|azimuth|, |elevation| ~ U[15°, 15° + p·75°]) is rendered *without
+  gradient*, its alpha thresholded at 0.5 and composited on grey, re-encoded, and the original camera rendered from
+  it (canon · novel⁻¹ · canon) and supervised with the original image and mask: colour ×20, LPIPS ×10, mask ×10;
+- semantic loss: −cos(f(novel), f(input)) with f the frozen ImageNet AlexNet trunk (pooled conv5, the LPIPS trunk;
+  CLIP cannot be had here), reduced by the max over ``semantic_views`` novel views (the least similar one), or
+  their mean (``semantic_reduce="mean"``, the naive variant). The novel views are drawn as the official
+  ``constraint2_elevation``: azimuth in [0°, 120°] ∪ [240°, 360°], elevation in [0°, 45°] ∪ [315°, 360°], the last
+  one replaced by the curriculum view.
 """
 
 from __future__ import annotations
@@ -40,7 +53,25 @@ class LRMConfig:
     distance: float = 3.0  # canonical input camera distance to the origin
     w_rgb: float = 2.0
     w_mask: float = 1.0
-    background: float = 1.0
+    w_lpips: float = 1.0
+    patch_size: int = 32  # the supervised patch (LPIPS-alex needs at least 32 px)
+    background: float = 1.0  # targets
+    input_background: float = 0.5  # inputs are composited on grey
+    self_training: bool = False  # read set B (single views) as well: Real3D
+    multi_view_group: str = "parametric"  # set A
+    single_view_group: str = "household"  # set B
+    w_sv_rgb: float = 0.6
+    w_sv_mask: float = 0.3
+    w_cycle_rgb: float = 20.0
+    w_cycle_lpips: float = 10.0
+    w_cycle_mask: float = 10.0
+    cycle_threshold: float = 0.5
+    curriculum_low: float = 15.0  # degrees
+    curriculum_high: float = 90.0
+    w_semantic: float = 1.0
+    semantic_views: int = 4
+    semantic_size: int = 32  # render side of the semantic views (upsampled to 64 for AlexNet)
+    semantic_reduce: str = "max"  # max: the least similar view (Real3D) | mean: every view (naive)
 
 
 def canonical_frame(input_c2w: Tensor, distance: float = 3.0) -> Tensor:
@@ -133,28 +164,160 @@ class LRM(nn.Module):
         colour = (w[..., None] * rgb).sum(-2) + (1 - acc)[..., None] * c.background
         return {"rgb": colour, "opacity": acc, "depth": (w * t).sum(-1)}
 
-    def forward(self, batch) -> tuple[Tensor, dict[str, float]]:
-        """Supervised stage on multi-view data: the first context view is the input, the query the target."""
+    @property
+    def self_training_groups(self) -> tuple[str, str] | None:
+        """(set A group, set B group) when self-training: the trainer then pairs A with single views of B."""
+        c = self.config
+        return (c.multi_view_group, c.single_view_group) if c.self_training else None
+
+    @property
+    def perceptual(self):
+        if not hasattr(self, "_lpips"):
+            from ..metrics.lpips import PerceptualLoss
+
+            self._lpips = PerceptualLoss("alex")
+        return self._lpips
+
+    def semantic_features(self, images: Tensor) -> Tensor:
+        """(N, 256) unit features of images in [0, 1]: the frozen AlexNet trunk's pooled conv5 at 64²."""
+        x = F.interpolate(images, size=(64, 64), mode="bilinear", align_corners=False)
+        lp = self.perceptual.lpips.to(images.device)
+        return F.normalize(lp.features(x * 2 - 1)[-1].mean((-2, -1)), dim=-1)
+
+    def on_grey(self, image: Tensor, mask: Tensor | None) -> Tensor:
+        """Images (B, 3, H, W) on the training background recomposited on the input background."""
+        if mask is None:
+            return image
+        return image * mask + self.config.input_background * (1 - mask)
+
+    def render_patch(self, planes: Tensor, c2w: Tensor, K: Tensor, hw, corners: list, p: int, noise=None) -> dict:
+        """Render a p×p patch at each item's corner (y, x) of cameras (B, 4, 4) in the canonical frame:
+        rgb (B, 3, p, p), opacity (B, 1, p, p)."""
         from ..cameras import Cameras, camera_rays
 
+        rays = camera_rays(Cameras(c2w, K, torch.tensor(list(hw))))
+        o = torch.stack([rays.origins[i, y : y + p, x : x + p].reshape(-1, 3) for i, (y, x) in enumerate(corners)])
+        d = torch.stack([rays.directions[i, y : y + p, x : x + p].reshape(-1, 3) for i, (y, x) in enumerate(corners)])
+        out = self.render_rays(planes, o.to(planes.device), d.to(planes.device), noise)
+        b = len(corners)
+        rgb = out["rgb"].reshape(b, p, p, 3).permute(0, 3, 1, 2)
+        return {"rgb": rgb, "opacity": out["opacity"].reshape(b, 1, p, p)}
+
+    def image_losses(self, out: dict, rgb: Tensor, mask: Tensor, w_rgb: float, w_lpips: float, w_mask: float,
+                     prefix: str) -> tuple[Tensor, dict]:  # fmt: skip
+        mse = F.mse_loss(out["rgb"], rgb)
+        m = F.mse_loss(out["opacity"], mask)
+        loss = w_rgb * mse + w_mask * m
+        logs = {f"{prefix}mse": float(mse.detach()), f"{prefix}mask": float(m.detach())}
+        if w_lpips > 0 and min(rgb.shape[-2:]) >= 32:
+            lp = self.perceptual(out["rgb"], rgb)
+            loss = loss + w_lpips * lp
+            logs[f"{prefix}lpips"] = float(lp.detach())
+        return loss, logs
+
+    def _corners(self, gens, hw, p: int) -> list:
+        h, w = hw
+        return [(int(torch.randint(0, h - p + 1, (), generator=g)), int(torch.randint(0, w - p + 1, (), generator=g)))
+                for g in gens]  # fmt: skip
+
+    def forward(self, batch) -> tuple[Tensor, dict[str, float]]:
+        """Supervised stage on multi-view data (the first context view is the input, the query the target), plus the
+        self-training losses on ``batch.single`` when present."""
         c = self.config
+        hw = tuple(batch.query.shape[-2:])
+        p = min(c.patch_size, *hw)
+        gens = batch.item_generators()
         T = canonical_frame(batch.context_c2w[:, 0].double(), c.distance)
         q_c2w = (T @ batch.query_c2w.double()).float()
-        h, w = batch.query.shape[-2:]
-        rays = camera_rays(Cameras(q_c2w, batch.query_K, torch.tensor([h, w])))
-        o, d = rays.origins.reshape(len(q_c2w), -1, 3), rays.directions.reshape(len(q_c2w), -1, 3)
-        tgt = batch.query.permute(0, 2, 3, 1).reshape(len(q_c2w), -1, 3)
-        mask = batch.query_mask.reshape(len(q_c2w), -1)
-        if batch.rays is not None:
-            idx = batch.rays
-            i3 = idx[..., None].expand(-1, -1, 3)
-            o, d, tgt = torch.gather(o, 1, i3), torch.gather(d, 1, i3), torch.gather(tgt, 1, i3)
-            mask = torch.gather(mask, 1, idx)
-        out = self.render_rays(self.triplane(batch.context[:, 0]), o, d, batch.noise)
-        rgb = F.mse_loss(out["rgb"], tgt)
-        m = F.mse_loss(out["opacity"], mask)
-        return c.w_rgb * rgb + c.w_mask * m, {"mse": float(rgb.detach()), "mask": float(m.detach())}
+        cm = None if batch.context_mask is None else batch.context_mask[:, 0]
+        planes = self.triplane(self.on_grey(batch.context[:, 0], cm))
+        corners = self._corners(gens, hw, p)
+        out = self.render_patch(planes, q_c2w, batch.query_K, hw, corners, p)
+        rgb, mask = _crop(batch.query, corners, p), _crop(batch.query_mask, corners, p)
+        loss, logs = self.image_losses(out, rgb, mask, c.w_rgb, c.w_lpips, c.w_mask, "")
+        if batch.single is not None:
+            sl, slogs = self.self_training_loss(batch.single, batch.progress)
+            loss = loss + sl
+            logs.update(slogs)
+        return loss, logs
 
+    def novel_cameras(self, K: Tensor, azimuth: Tensor, elevation: Tensor, hw) -> Tensor:
+        """c2w (N, 4, 4) of cameras at ``azimuth``/``elevation`` (radians) around the object in the canonical frame
+        (the input camera is azimuth 0, elevation 0), at the canonical distance."""
+        from ..cameras import spherical_cameras
+
+        return spherical_cameras(azimuth, elevation, self.config.distance, 1.0, hw[0]).c2w.float()
+
+    def self_training_loss(self, single, progress: float) -> tuple[Tensor, dict[str, float]]:
+        """Real3D's losses on single-view objects: input view, cycle consistency, semantic."""
+        from ..cameras import curriculum_angles, cycle_pose
+
+        c = self.config
+        b = single.query.shape[0]
+        hw = tuple(single.query.shape[-2:])
+        p = min(c.patch_size, *hw)
+        gens = single.item_generators()
+        dev = single.query.device
+        img, mask, K = single.query, single.query_mask, single.query_K
+        canon = self.novel_cameras(K, torch.zeros(b), torch.zeros(b), hw).to(dev)
+        planes = self.triplane(self.on_grey(img, mask))
+        logs: dict[str, float] = {}
+        # 1. the input view
+        corners = self._corners(gens, hw, p)
+        out = self.render_patch(planes, canon, K, hw, corners, p)
+        loss, lg = self.image_losses(out, _crop(img, corners, p), _crop(mask, corners, p), c.w_sv_rgb, 0.0,
+                                     c.w_sv_mask, "sv_")  # fmt: skip
+        logs.update(lg)
+        # 2. cycle consistency: the curriculum view, rendered without gradient, becomes the input
+        angles = [curriculum_angles(progress, 1, c.curriculum_low, c.curriculum_high, g) for g in gens]
+        az = torch.cat([a for a, _ in angles]).float()
+        el = torch.cat([e for _, e in angles]).float()
+        novel = self.novel_cameras(K, az, el, hw).to(dev)
+        with torch.no_grad():
+            rend = self.render_image(planes.detach(), novel, K, hw)
+            keep = (rend["opacity"] > c.cycle_threshold).float()
+            new_input = rend["rgb"] * keep + c.input_background * (1 - keep)
+        planes2 = self.triplane(new_input)
+        back = cycle_pose(canon.double(), novel.double()).float()
+        corners = self._corners(gens, hw, p)
+        out = self.render_patch(planes2, back, K, hw, corners, p)
+        cyc, lg = self.image_losses(out, _crop(img, corners, p), _crop(mask, corners, p), c.w_cycle_rgb,
+                                    c.w_cycle_lpips, c.w_cycle_mask, "cycle_")  # fmt: skip
+        loss = loss + cyc
+        logs.update(lg)
+        # 3. semantic: the least similar of the novel views to the input
+        if c.w_semantic > 0 and c.semantic_views > 0:
+            m = c.semantic_views
+            draws = [_constrained_views(m - 1, g) for g in gens]
+            az_s = torch.stack([torch.cat([d[0], az[i : i + 1]]) for i, d in enumerate(draws)]).float()
+            el_s = torch.stack([torch.cat([d[1], el[i : i + 1]]) for i, d in enumerate(draws)]).float()
+            s = c.semantic_size
+            Ks = K.clone()
+            Ks[:, :2] *= s / hw[0]
+            cams = self.novel_cameras(Ks, az_s.flatten(), el_s.flatten(), (s, s)).to(dev)
+            planes_rep = planes.repeat_interleave(m, 0)
+            views = self.render_image(planes_rep, cams, Ks.repeat_interleave(m, 0), (s, s))["rgb"]
+            f_novel = self.semantic_features(views).reshape(b, m, -1)
+            with torch.no_grad():
+                f_in = self.semantic_features(img)
+            sim = (f_novel * f_in[:, None]).sum(-1)  # (B, m)
+            red = (-sim).amax(1) if c.semantic_reduce == "max" else (-sim).mean(1)
+            sem = red.mean()
+            loss = loss + c.w_semantic * sem
+            logs["semantic"] = float(sem.detach())
+        return loss, logs
+
+    def render_image(self, planes: Tensor, c2w: Tensor, K: Tensor, hw) -> dict:
+        """Full renders rgb (B, 3, h, w), opacity (B, 1, h, w) of cameras (B, 4, 4) in the canonical frame."""
+        from ..cameras import Cameras, camera_rays
+
+        b = c2w.shape[0]
+        rays = camera_rays(Cameras(c2w, K, torch.tensor(list(hw))))
+        o, d = rays.origins.reshape(b, -1, 3).to(planes.device), rays.directions.reshape(b, -1, 3).to(planes.device)
+        out = self.render_rays(planes, o, d)
+        h, w = hw
+        return {"rgb": out["rgb"].reshape(b, h, w, 3).permute(0, 3, 1, 2),
+                "opacity": out["opacity"].reshape(b, 1, h, w)}  # fmt: skip
     @torch.no_grad()
     def render(self, image: Tensor, input_cam, target) -> dict[str, Tensor]:
         """rgb (3, h, w) and opacity of camera ``target`` from one input image (3, H, W) seen by ``input_cam``."""
@@ -167,3 +330,17 @@ class LRM(nn.Module):
         out = self.render_rays(self.triplane(image[None]), rays.origins.reshape(1, -1, 3),
                                rays.directions.reshape(1, -1, 3))  # fmt: skip
         return {"rgb": out["rgb"].reshape(h, w, 3).permute(2, 0, 1), "opacity": out["opacity"].reshape(1, h, w)}
+
+
+def _crop(x: Tensor, corners: list, p: int) -> Tensor:
+    return torch.stack([x[i, :, y : y + p, xx : xx + p] for i, (y, xx) in enumerate(corners)])
+
+
+def _constrained_views(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``n`` (azimuth, elevation) pairs in radians as the official ``constraint2_elevation``: azimuth in
+    [0°, 120°] ∪ [240°, 360°], elevation in [0°, 45°] ∪ [315°, 360°]."""
+    az = torch.rand(n, generator=g) * 240.0
+    az = torch.where(az > 120.0, az + 120.0, az)
+    el = torch.rand(n, generator=g) * 90.0
+    el = torch.where(el > 45.0, el + 270.0, el)
+    return torch.deg2rad(az), torch.deg2rad(el)

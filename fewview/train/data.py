@@ -129,6 +129,17 @@ class SingleViewSource:
         return ObjectsSource.depths(self, s, [0])  # type: ignore[arg-type]
 
 
+class SelfTrainingSource(ObjectsSource):
+    """Real3D's data: set A (multi-view objects of ``multi_view`` group, all views) plus ``single_view``, set B (a
+    :class:`SingleViewSource`: one view per object), from one fewview-objects folder. Batches come from A; the
+    trainer draws a second batch from B (``Batch.single``) every step."""
+
+    def __init__(self, root: str | Path, split: str = "train", multi_view: str = "parametric",
+                 single_view: str = "household", seed: int = 0, limit: int | None = None):  # fmt: skip
+        super().__init__(root, split, limit, False, multi_view)
+        self.single_view = SingleViewSource(root, split, single_view, seed, limit)
+
+
 class CO3DSource:
     """CO3Dv2 sequences (SparseFusion's box crop to ``res``), loaded on demand with a small cache."""
 
@@ -182,6 +193,9 @@ class Batch:
     context_depth: Tensor | None = None  # (B, n, 1, H, W) when the source has depth (0 on background)
     query_depth: Tensor | None = None  # (B, 1, H, W)
     item_seeds: Tensor | None = None  # (B,) int64 seeds for per-item randomness inside the model (noise, masks)
+    context_mask: Tensor | None = None  # (B, n, 1, H, W) the context views' masks
+    single: Batch | None = None  # single-view objects (query only) for self-training, when the source has them
+    progress: float = 0.0  # the step's fraction of the training run (curricula)
 
     def item_generators(self) -> list[torch.Generator]:
         """One generator per item, a function of (seed, step, global item): models that draw noise with these
@@ -194,7 +208,8 @@ class Batch:
         t = lambda x: None if x is None else x.to(device)  # noqa: E731
         return Batch(t(self.context), t(self.context_c2w), t(self.context_K), t(self.query), t(self.query_mask),
                      t(self.query_c2w), t(self.query_K), t(self.rays), t(self.noise), self.scene,
-                     t(self.context_depth), t(self.query_depth), self.item_seeds)  # fmt: skip
+                     t(self.context_depth), t(self.query_depth), self.item_seeds, t(self.context_mask),
+                     None if self.single is None else self.single.to(device), self.progress)  # fmt: skip
 
     def context_cameras(self, b: int) -> Cameras:
         h, w = self.context.shape[-2:]
@@ -219,7 +234,7 @@ def sample_batch(
     scenes = torch.randint(0, len(source), (batch_size,), generator=g).tolist()
     per = batch_size // world
     with_depth = getattr(source, "depth", None) is not None
-    out = {k: [] for k in ("ctx", "cc2w", "cK", "q", "qm", "qc2w", "qK", "rays", "noise", "seed")}
+    out = {k: [] for k in ("ctx", "cm", "cc2w", "cK", "q", "qm", "qc2w", "qK", "rays", "noise", "seed")}
     out.update({"cd": [], "qd": []} if with_depth else {})
     for j in range(rank * per, (rank + 1) * per):
         gi = item_generator(seed, step, j)
@@ -231,6 +246,7 @@ def sample_batch(
         img, msk, cams = source.views(s, pick)
         img = img * msk + background * (1 - msk)
         out["ctx"].append(img[:n])
+        out["cm"].append(msk[:n])
         out["cc2w"].append(cams.c2w[:n].float())
         out["cK"].append(cams.K[:n].float())
         out["q"].append(img[n])
@@ -250,4 +266,4 @@ def sample_batch(
     mine = scenes[rank * per : (rank + 1) * per]
     ray_idx = st["rays"] if rays is not None else None
     return Batch(st["ctx"], st["cc2w"], st["cK"], st["q"], st["qm"], st["qc2w"], st["qK"], ray_idx, st["noise"], mine,
-                 st.get("cd"), st.get("qd"), st["seed"])  # fmt: skip
+                 st.get("cd"), st.get("qd"), st["seed"], st["cm"])  # fmt: skip

@@ -74,11 +74,18 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def make_source(cfg: TrainConfig, split: str, res: int | None = None, depth: bool = False):
-    from .data import CO3DSource, ObjectsSource
+def make_source(cfg: TrainConfig, split: str, res: int | None = None, depth: bool = False,
+                self_training: tuple[str, str] | None = None):  # fmt: skip
+    """The training data of ``cfg``. ``self_training`` = (multi-view group, single-view group) pairs set A with the
+    one-view-per-object set B (Real3D)."""
+    from .data import CO3DSource, ObjectsSource, SelfTrainingSource
 
     if not cfg.data:
         raise ValueError("give --data: a fewview-objects folder (`fewview data objects`) or a CO3D root")
+    if self_training is not None:
+        if cfg.data_format != "objects" or depth:
+            raise ValueError("self-training reads a fewview-objects folder (household objects are set B)")
+        return SelfTrainingSource(cfg.data, split, *self_training, seed=cfg.seed, limit=cfg.limit_scenes or None)
     if cfg.data_format == "objects":
         return ObjectsSource(cfg.data, split, cfg.limit_scenes or None, depth=depth)
     if cfg.data_format == "co3d":
@@ -162,7 +169,13 @@ class Trainer:
         self.model.train()
         ctx = (cfg.context_min, cfg.context_max)
         batch = sample_batch(self.source, cfg.seed, self.step, cfg.batch_size, ctx, cfg.rays, self.samples,
-                             cfg.background, info.rank, info.world_size).to(info.device)  # fmt: skip
+                             cfg.background, info.rank, info.world_size)  # fmt: skip
+        single = getattr(self.source, "single_view", None)
+        if single is not None:  # self-training: the same number of single-view objects, their one view as query
+            batch.single = sample_batch(single, cfg.seed + 1, self.step, cfg.batch_size, (0, 0), cfg.rays,
+                                        self.samples, cfg.background, info.rank, info.world_size)  # fmt: skip
+        batch.progress = self.step / max(cfg.steps, 1)
+        batch = batch.to(info.device)
         loss, logs = self.net(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
