@@ -160,9 +160,10 @@ def test_shipped_depth_network_beats_the_silhouette():
     assert mean(loss) < 0.5 * mean(sil_loss), (mean(loss), mean(sil_loss))
 
 
-# DFM from one view (objects-1view inputs): PSNR of one sampled scene on every third held-out view, and how well
-# two sampled scenes reproduce the input view at its camera. Measured values are beside the floors.
-DFM_FLOORS = {"novel": 0.0, "context": 0.0}
+# DFM from one view (objects-1view inputs, one target sampled 180° around in 20 DDIM steps): PSNR of one sampled
+# scene on every third held-out view (measured 14.37 and 15.92 dB, mean 15.15; the white background alone: 11.97),
+# and how well two sampled scenes reproduce the input view at its camera (17.82-19.68 dB).
+DFM_FLOORS = {"novel": 14.5, "context": 17.0}
 
 
 @pytest.mark.skipif(not (MODELS / "dfm" / "config.json").is_file(), reason="no shipped dfm checkpoint")
@@ -172,7 +173,7 @@ def test_shipped_dfm_samples_scenes_that_keep_the_input_view():
     folder = MODELS / "dfm"
     model = from_pretrained(folder).eval()
     assert model.model_name == "dfm" and (folder / "model.safetensors").stat().st_size < 8 * 2**20
-    novel, context, differ = [], [], []
+    novel, context, differ, blank = [], [], [], []
     for oi, img, cams, _ in held_out_views(RECIPE, 2):
         split = get_protocol("objects-1view")(oi, len(img))
         i0, ev = split.inputs[0], list(split.evaluation)[::3]
@@ -181,10 +182,11 @@ def test_shipped_dfm_samples_scenes_that_keep_the_input_view():
         scenes = [model.sample(ctx, ctx_cams, target, 1, steps=20, generator=torch.Generator().manual_seed(s))[0]
                   for s in (0, 1)]  # fmt: skip
         novel.append(float(psnr(torch.stack([scenes[0].render(cams[i])["rgb"] for i in ev]), img[ev]).mean()))
+        blank.append(float(psnr(torch.ones_like(img[ev]), img[ev]).mean()))
         context += [float(psnr(s.render(ctx_cams)["rgb"][None], ctx).mean()) for s in scenes]
         differ.append(float((scenes[0].image - scenes[1].image).abs().mean()))
     mean = lambda v: sum(v) / len(v)  # noqa: E731
-    assert mean(novel) >= DFM_FLOORS["novel"], mean(novel)
+    assert mean(novel) >= DFM_FLOORS["novel"] and mean(novel) > mean(blank) + 2.0, (novel, blank)
     assert min(context) >= DFM_FLOORS["context"], context
     assert min(differ) > 1e-3, differ  # two seeds, two scenes
 
