@@ -411,7 +411,7 @@ def cmd_recon(args: argparse.Namespace) -> int:
             f"{model_dir}: no trained {args.method} model here (train one: fewview train {args.method})"
         )
     name = json.loads(meta_path.read_text()).get("model")
-    if name != args.method:
+    if name != {"real3d": "lrm"}.get(args.method, args.method):
         print(f"error: {model_dir} holds a {name} model, not {args.method}", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -442,6 +442,16 @@ def cmd_recon(args: argparse.Namespace) -> int:
     cams = turntable_cameras(scene.cameras[views], args.frames)
     write_video([to_uint8(render(cams[i])["rgb"]) for i in range(len(cams))], out / "turntable.mp4")
     print(f"wrote {out}/views/ ({len(scene) - len(views)} novel views) and {out}/turntable.mp4")
+    if hasattr(render.model, "scene"):  # models with an explicit 3-D output (the LRM's triplane) export a mesh
+        from .export import extract_mesh, save_mesh
+
+        try:
+            mesh = extract_mesh(render.model.scene(render.images, render.cams), 128)
+            for ext in ("ply", "glb"):
+                save_mesh(mesh, out / f"mesh.{ext}")
+            print(f"wrote {out}/mesh.ply and mesh.glb ({len(mesh.vertices)} vertices)")
+        except ExportError as e:
+            print(f"mesh: skipped ({e})")
     return 0
 
 
@@ -685,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("recon", help="novel views from a trained model (eft, pixelnerf) or SparseFusion (distilled)")
     rc.add_argument("scene", help="scene folder (any supported format)")
-    rc.add_argument("--method", required=True, choices=["eft", "pixelnerf", "sparsefusion", "dfm"],
+    rc.add_argument("--method", required=True, choices=["eft", "pixelnerf", "sparsefusion", "dfm", "lrm", "real3d"],
                     help="sparsefusion: the VLDM (--model, default the shipped vldm) distilled into a field; "
                          "dfm: 3-D scenes sampled from the views")  # fmt: skip
     rc.add_argument("--samples", type=int, default=1, help="dfm: independent scenes (uncertainty when > 1)")

@@ -224,3 +224,36 @@ def test_lrm_cycle_gradient_skips_the_first_pass(tmp_path):
     # triplane runs for A's input (0), B's input (1) and the cycle's re-encoded input (2): with every other term
     # weighted 0, only the re-encoded pass gets a gradient; the curriculum render of pass 1 passes none back
     assert n[0] == 3 and seen[2] > 0 and seen.get(1, 0.0) == 0.0 and logs["cycle_mse"] > 0
+
+
+def test_recon_lrm_renders_views_turntable_and_mesh(tmp_path, capsys):
+    """`fewview recon --method lrm|real3d`: one image in; novel views, a turntable and a mesh (PLY + GLB) of the
+    triplane in world coordinates, whose density is the model's at the canonical point."""
+    from fewview.cli import main
+    from fewview.models.lrm import LRM, LRMConfig
+    from fewview.pretrained import save_pretrained
+
+    from .test_dfm import EXAMPLE
+
+    torch.manual_seed(0)
+    model = LRM(LRMConfig(**TINY_LRM)).eval()
+    with torch.no_grad():  # a solid ball of density inside the box, so that the mesh is not empty
+        model.mlp[-1].bias.copy_(torch.tensor([6.0, 0.0, 0.0, 0.0]))
+    folder = save_pretrained(model, tmp_path / "lrm", {"image_size": 32})
+    from fewview.data import load_scene
+
+    scene = load_scene(EXAMPLE, split="test")
+    sc = model.scene(scene.composite((0.5, 0.5, 0.5))[0], scene.cameras[:1])
+    x = torch.rand(50, 3) - 0.5
+    sig, rgb = sc.density(x)
+    want_sig, want_rgb = model.query(sc.planes, sc._canon(x)[None])
+    assert torch.allclose(sig, want_sig[0]) and torch.allclose(rgb, want_rgb[0])
+    for method in ("lrm", "real3d"):
+        out = tmp_path / method
+        assert main(["recon", str(EXAMPLE), "--method", method, "--model", str(folder), "--views", "0",
+                     "--frames", "2", "--split", "test", "--out", str(out)]) == 0  # fmt: skip
+        assert len(list((out / "views").glob("*_rgb.png"))) == 8 and (out / "turntable.mp4").is_file()
+        assert (out / "mesh.ply").is_file() and (out / "mesh.glb").is_file()
+    assert main(["recon", str(EXAMPLE), "--method", "pixelnerf", "--model", str(folder), "--views", "0",
+                 "--split", "test", "--out", str(tmp_path / "bad")]) == 2  # fmt: skip
+    assert "holds a lrm model" in capsys.readouterr().err

@@ -22,6 +22,14 @@ from .fit_config import SPARSE_PRESET, FitConfig
 from .protocol_run import evaluation_targets, peak_memory_mb, protocol_scenes
 
 
+def input_images(model, inputs: Scene, background) -> Tensor:
+    """The input views as the model reads them: composited on its input background when it has one (the LRM reads
+    inputs on grey), else on ``background``."""
+    bg = getattr(getattr(model, "config", None), "input_background", None)
+    bg = (bg, bg, bg) if bg is not None else background
+    return inputs.composite(bg) if inputs.masks is not None else inputs.images
+
+
 def model_image_size(model_dir: str | Path) -> int | None:
     meta = json.loads((Path(model_dir) / "config.json").read_text())
     return meta.get("image_size")
@@ -83,7 +91,8 @@ def run_recon_protocol(scene_path: str | Path, protocol: str, out_dir: str | Pat
         render = make_render(inputs_scene, list(split.inputs))
     else:
         model = from_pretrained(model_dir)
-        render = ModelRenderer(model, ctx, inputs.cameras, model_image_size(model_dir))
+        render = ModelRenderer(model, input_images(model, inputs, background), inputs.cameras,
+                               model_image_size(model_dir))  # fmt: skip
         method = model.model_name
     if mean_seeking:
         state = mean_seeking_fit(render, inputs, background, fit_steps, progress=progress)
@@ -117,5 +126,4 @@ def recon_views(model_dir: str | Path, scene: Scene, views: list[int], backgroun
     """A renderer for ``scene`` conditioned on its ``views`` (any camera can then be rendered)."""
     model = from_pretrained(model_dir)
     inputs = scene.select(views)
-    ctx = inputs.composite(background) if inputs.masks is not None else inputs.images
-    return ModelRenderer(model, ctx, inputs.cameras, model_image_size(model_dir))
+    return ModelRenderer(model, input_images(model, inputs, background), inputs.cameras, model_image_size(model_dir))

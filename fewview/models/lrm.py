@@ -142,7 +142,8 @@ class LRM(nn.Module):
         f = F.grid_sample(planes.flatten(0, 1), coords.flatten(0, 1)[:, None], mode="bilinear", align_corners=False)
         f = f.reshape(b, 3, c.plane_channels, -1).sum(1).transpose(1, 2)  # (B, P, C)
         o = self.mlp(f)
-        return torch.exp(o[..., 0] - 1.0), torch.sigmoid(o[..., 1:])
+        inside = (x.abs() <= c.box).all(-1)  # nothing outside the object box (renders only sample inside it)
+        return torch.exp(o[..., 0] - 1.0) * inside, torch.sigmoid(o[..., 1:])
 
     def render_rays(self, planes: Tensor, origins: Tensor, dirs: Tensor, noise: Tensor | None = None) -> dict:
         """Colour (B, R, 3), opacity (B, R) and depth of rays (B, R, 3) in the canonical frame."""
@@ -320,16 +321,61 @@ class LRM(nn.Module):
                 "opacity": out["opacity"].reshape(b, 1, h, w)}  # fmt: skip
     @torch.no_grad()
     def render(self, image: Tensor, input_cam, target) -> dict[str, Tensor]:
-        """rgb (3, h, w) and opacity of camera ``target`` from one input image (3, H, W) seen by ``input_cam``."""
+        """rgb (3, h, w), depth and opacity of camera ``target`` from one input image (3, H, W), or the first of
+        (n, 3, H, W), seen by ``input_cam`` (its first camera); the image on the input background."""
+        return self.scene(image, input_cam).render(target)
+
+    @torch.no_grad()
+    def scene(self, image: Tensor, input_cam) -> TriplaneScene:
+        """The reconstructed object in world coordinates: renders any camera, exports a mesh."""
+        image = image[0] if image.dim() == 4 else image
+        dev = next(self.parameters()).device
+        T = canonical_frame(input_cam.c2w[:1].double(), self.config.distance)[0]
+        return TriplaneScene(self, self.triplane(image[None].float().to(dev)), T)
+
+
+class TriplaneScene:
+    """One LRM reconstruction: its triplane and the rigid map T from world to the canonical frame. ``render`` takes
+    world cameras; ``density``/``color``/``aabb`` (world) let :func:`fewview.export.extract_mesh` run on it."""
+
+    def __init__(self, model: LRM, planes: Tensor, T: Tensor):
+        self.model, self.planes, self.T = model, planes, T
+        b = model.config.box
+        corners = torch.tensor([[x, y, z] for x in (-b, b) for y in (-b, b) for z in (-b, b)], dtype=torch.float64)
+        inv = torch.linalg.inv(T)
+        world = corners @ inv[:3, :3].T + inv[:3, 3]
+        self.aabb = torch.stack([world.min(0).values, world.max(0).values]).float().to(planes.device)
+
+    def _canon(self, x: Tensor) -> Tensor:
+        T = self.T.to(x.device, torch.float64)
+        return (x.double() @ T[:3, :3].T + T[:3, 3]).float()
+
+    @torch.no_grad()
+    def density(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        sigma, rgb = self.model.query(self.planes, self._canon(x)[None])
+        return sigma[0], rgb[0]
+
+    @torch.no_grad()
+    def color(self, aux: Tensor, dirs: Tensor) -> Tensor:
+        return aux  # the triplane's colour does not depend on the viewing direction
+
+    @torch.no_grad()
+    def render(self, target, chunk: int = 8192) -> dict[str, Tensor]:
         from ..cameras import camera_rays
 
-        T = canonical_frame(input_cam.c2w[:1].double(), self.config.distance)
-        cam = type(target)((T @ target.c2w[:1].double()).float(), target.K[:1].float(), target.size[:1])
+        cam = type(target)((self.T @ target.c2w[:1].double()).float(), target.K[:1].float(), target.size[:1])
         rays = camera_rays(cam)
         h, w = rays.origins.shape[1:3]
-        out = self.render_rays(self.triplane(image[None]), rays.origins.reshape(1, -1, 3),
-                               rays.directions.reshape(1, -1, 3))  # fmt: skip
-        return {"rgb": out["rgb"].reshape(h, w, 3).permute(2, 0, 1), "opacity": out["opacity"].reshape(1, h, w)}
+        dev = self.planes.device
+        o, d = rays.origins.reshape(1, -1, 3).to(dev), rays.directions.reshape(1, -1, 3).to(dev)
+        outs = [self.model.render_rays(self.planes, o[:, i : i + chunk], d[:, i : i + chunk])
+                for i in range(0, o.shape[1], chunk)]  # fmt: skip
+        rgb = torch.cat([x["rgb"] for x in outs], 1)[0]
+        acc = torch.cat([x["opacity"] for x in outs], 1)[0]
+        depth = torch.cat([x["depth"] for x in outs], 1)[0] * rays.z_per_t.reshape(-1).to(dev)
+        depth = torch.where(acc > 1e-3, depth / acc.clamp_min(1e-3), torch.zeros_like(depth))
+        return {"rgb": rgb.reshape(h, w, 3).permute(2, 0, 1).cpu(), "opacity": acc.reshape(1, h, w).cpu(),
+                "depth": depth.reshape(1, h, w).cpu()}  # fmt: skip
 
 
 def _crop(x: Tensor, corners: list, p: int) -> Tensor:
