@@ -257,3 +257,42 @@ def test_recon_lrm_renders_views_turntable_and_mesh(tmp_path, capsys):
     assert main(["recon", str(EXAMPLE), "--method", "pixelnerf", "--model", str(folder), "--views", "0",
                  "--split", "test", "--out", str(tmp_path / "bad")]) == 2  # fmt: skip
     assert "holds a lrm model" in capsys.readouterr().err
+
+
+def test_clutter_composition_labels_and_curation_score():
+    """Two discs, the nearer one overlapping the farther: visible masks by z-buffer, ground truth clean / occluded,
+    an instance leaving the canvas is truncated; the curation of the composed image keeps exactly the clean one, so
+    precision and recall are 1."""
+    from fewview.data.curation import CurationConfig, curate
+    from fewview.objects.clutter import compose, score_curation
+
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    disc = (((yy - 19.5) ** 2 + (xx - 19.5) ** 2) < 18**2).float()
+    rgba = torch.cat([torch.rand(3, 40, 40), disc[None]])
+    depth = disc * 2.0
+    im = compose([rgba, rgba, rgba], [depth, depth, depth], [(10, 10), (20, 40), (100, -15)], [0.0, 1.0, 0.0],
+                 128, 1.0, 0.02)  # fmt: skip
+    assert im.truth == ["clean", "occluded", "truncated"]
+    assert int(im.masks[1].sum()) < int(disc.sum()) and int(im.masks[0].sum()) == int(disc.sum())
+    assert not (im.masks[0] & im.masks[1]).any()
+    assert float(im.depth[30, 30]) == 2.0 and float(im.depth[0, 127]) == 0.0
+    disp = torch.where(im.depth > 0, 1 / im.depth.clamp_min(1e-6), torch.zeros_like(im.depth))
+    verdicts = curate(im.masks, disp, CurationConfig(min_scale=20, border=2))
+    assert [v.reason for v in verdicts] == ["kept", "occluded", "truncated"]
+    score = score_curation([im], [verdicts])
+    assert score["precision"] == 1.0 and score["recall"] == 1.0 and score["instances"] == 3
+
+
+def test_data_curate_builds_scores_and_writes_the_pool(tmp_path, capsys):
+    import json
+
+    from fewview.cli import main
+
+    root = _mixed_root(tmp_path)
+    out = tmp_path / "cur"
+    assert main(["data", "curate", "--data", str(root), "--split", "train", "--images", "4", "--canvas", "64",
+                 "--depth", "renderer", "--out", str(out)]) == 0  # fmt: skip
+    rec = json.loads((out / "curation.json").read_text())
+    assert len(rec["images"]) == 4 and 0 <= rec["score"]["recall"] <= 1 or rec["score"]["clean"] == 0
+    assert (out / "images" / "0000.png").is_file() and (out / "images" / "0000_instances.png").is_file()
+    assert "precision" in capsys.readouterr().out
