@@ -145,6 +145,13 @@ def test_recon_dfm_writes_views_uncertainty_turntable(tiny_dfm, tmp_path):
     rc = main(["recon", str(EXAMPLE), "--method", "dfm", "--model", str(folder), "--views", "0,99",
                "--split", "test", "--out", str(tmp_path / "bad"), "--quiet"])  # fmt: skip
     assert rc == 2
+    prot = tmp_path / "protocol"
+    rc = main(["recon", str(EXAMPLE), "--method", "dfm", "--model", str(folder), "--protocol", "blender-split-2view",
+               "--sample-steps", "2", "--out", str(prot), "--quiet"])  # fmt: skip
+    import json
+
+    rec = json.loads((prot / "metrics.json").read_text())
+    assert rc == 0 and rec["method"] == "dfm-oneshot" and len(rec["evaluation_views"]) == 9
 
 
 def test_ddp_two_processes_match_one_process(objects_root, tmp_path):
