@@ -68,10 +68,15 @@ def score_scene(scene_in, inputs, ev_scene, ev_ids, args, models, weights) -> di
     pn, pn_size = models["pixelnerf"]
     ctx = inp.composite((1.0, 1.0, 1.0)) if inp.masks is not None else inp.images
     t = time.perf_counter()
-    render = ModelRenderer(pn, ctx, inp.cameras, pn_size)
+    model_render, seen_renders = ModelRenderer(pn, ctx, inp.cameras, pn_size), []
+
+    def render(cam):
+        out = model_render(cam)
+        seen_renders.append(out["rgb"])
+        return out
+
     r = evaluate_views(render, ev.cameras, gt, inp.cameras, masks, lpips_weights=weights)
-    res["pixelnerf"] = {"means": r["means"], "seconds": time.perf_counter() - t,
-                        "renders": torch.stack([render(ev.cameras[i : i + 1])["rgb"] for i in range(len(ev))])}
+    res["pixelnerf"] = {"means": r["means"], "seconds": time.perf_counter() - t, "renders": torch.stack(seen_renders)}
     t = time.perf_counter()
     opts = DFMOptions(dfm_model=args.model, dfm_samples=args.samples, dfm_seed=0, dfm_steps=args.sample_steps)
     rec = DFMReconstruction(scene_in, inputs, opts, model=models["dfm"]).run()
@@ -92,7 +97,8 @@ def score_scene(scene_in, inputs, ev_scene, ev_ids, args, models, weights) -> di
         res[row] = {"means": r["means"], "seconds": seconds, "renders": imgs}
     var = stack.var(0, unbiased=True).mean(1, keepdim=True) if args.samples > 1 else torch.zeros_like(stack[0, :, :1])
     err = ((stack.mean(0) - gt) ** 2).mean(1, keepdim=True)
-    fg = masks.bool() if masks is not None else torch.ones_like(err, dtype=torch.bool)
+    # the object's pixels: the evaluation views' masks (alpha for objects and Blender scenes), else every pixel
+    fg = (ev.masks > 0.5) if ev.masks is not None else torch.ones_like(err, dtype=torch.bool)
     extra = {"uncertainty_error_pearson": pearson(var[fg], err[fg]) if args.samples > 1 else float("nan")}
     if getattr(ev, "depths", None) is not None and getattr(inp, "depths", None) is not None:
         seen = seen_masks(ev, inp).bool() & fg
@@ -149,7 +155,11 @@ def main() -> int:
             scene_in, ev_scene, split = protocol_scenes(path, protocol)
             scenes.append((scene_in, list(split.inputs)[:1], ev_scene, list(split.evaluation)))
             name = f"{protocol}, first input only"
-        per = [score_scene(*s, args, models, weights) for s in scenes]
+        per = []
+        for k, s in enumerate(scenes):
+            t0 = time.perf_counter()
+            per.append(score_scene(*s, args, models, weights))
+            print(f"  {name}: scene {k + 1}/{len(scenes)} in {time.perf_counter() - t0:.0f} s", flush=True)
         summary = {}
         for row in ROWS:
             keys = per[0][row]["means"].keys()
