@@ -39,9 +39,11 @@ from torch import Tensor, nn
 from ..cameras import Cameras, camera_rays
 from ..diffusion.samplers import classifier_free_guidance, sample_grid
 from ..diffusion.schedule import NoiseSchedule
+from ..metrics.lpips import PerceptualLoss
 from ..pretrained import register_model
+from ..render.image import render_image
 from ..render.volume import RenderOutput, distortion_loss
-from .pixelnerf import PixelNeRF, PixelNeRFConfig, scene_scale
+from .pixelnerf import PixelNeRF, PixelNeRFConfig, ray_outputs, scene_scale
 
 
 @dataclass
@@ -118,7 +120,7 @@ class DFM(nn.Module):
         self.joint = PixelNeRF(field_config(c, joint=True))  # target encoder + the scene's field
         self.time_mlp = nn.Sequential(nn.Linear(c.time_dim, c.time_dim), nn.SiLU(), nn.Linear(c.time_dim, c.time_dim))
         self.schedule = NoiseSchedule(c.num_train_timesteps, c.beta_schedule, prediction_type="sample")
-        self._perceptual = None
+        self.perceptual = PerceptualLoss("alex")  # LPIPS is built on first use and holds no state of the model
         if c.pn_init:
             self.load_pixelnerf(c.pn_init)
 
@@ -199,14 +201,6 @@ class DFM(nn.Module):
         return rgb.reshape(b, *hw, 3).permute(0, 3, 1, 2) * 2 - 1
 
     # ----------------------------------------------------------------- train
-    @property
-    def perceptual(self):
-        if self._perceptual is None:
-            from ..metrics.lpips import PerceptualLoss
-
-            self._perceptual = PerceptualLoss("alex")
-        return self._perceptual
-
     def forward(self, batch) -> tuple[Tensor, dict[str, float]]:
         c = self.config
         if batch.context.shape[1] < 2:
@@ -373,20 +367,10 @@ class DFMScene:
     @torch.no_grad()
     def render(self, cam: Cameras, chunk: int = 4096) -> dict[str, Tensor]:
         """rgb (3, h, w), depth (1, h, w) (z, divided by opacity) and opacity (1, h, w) of one camera."""
-        scene, dev = self.features(), self.model.device
+        scene = self.features()
         hw = tuple(self.context.shape[-2:])
-        rays = camera_rays(cam[:1], dtype=torch.float32)
-        h, w = rays.origins.shape[1:3]
-        o, d = rays.origins.reshape(1, -1, 3).to(dev), rays.directions.reshape(1, -1, 3).to(dev)
-        zt = rays.z_per_t.reshape(1, -1).to(dev)
-        outs = [self.model.render_scene(scene, hw, o[:, i : i + chunk], d[:, i : i + chunk])
-                for i in range(0, o.shape[1], chunk)]  # fmt: skip
-        rgb = torch.cat([x["rgb"] for x in outs], 1)[0]
-        acc = torch.cat([x["opacity"] for x in outs], 1)[0]
-        depth = torch.cat([x["depth"] for x in outs], 1)[0] * zt[0]
-        depth = torch.where(acc > 1e-3, depth / acc.clamp_min(1e-3), torch.zeros_like(depth))
-        return {"rgb": rgb.reshape(h, w, 3).permute(2, 0, 1).clamp(0, 1).cpu(),
-                "depth": depth.reshape(1, h, w).cpu(), "opacity": acc.reshape(1, h, w).cpu()}  # fmt: skip
+        return render_image(lambda o, d: ray_outputs(self.model.render_scene(scene, hw, o[None], d[None])), cam,
+                            chunk, self.model.device)  # fmt: skip
 
     @torch.no_grad()
     def density(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cameras import look_at
+from ..metrics.lpips import PerceptualLoss
 from ..pretrained import register_model
 from ..render.volume import ray_aabb, weights_from_alpha
 
@@ -108,6 +109,7 @@ class LRM(nn.Module):
         self.upsample = nn.ConvTranspose2d(c.width, c.plane_channels, up, up)
         self.mlp = nn.Sequential(nn.Linear(c.plane_channels, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden),
                                  nn.SiLU(), nn.Linear(c.hidden, 4))  # fmt: skip
+        self.perceptual = PerceptualLoss("alex")  # LPIPS is built on first use and holds no state of the model
 
     @staticmethod
     def _run(blk: nn.ModuleDict, x: Tensor, ctx: Tensor | None = None) -> Tensor:
@@ -170,14 +172,6 @@ class LRM(nn.Module):
         """(set A group, set B group) when self-training: the trainer then pairs A with single views of B."""
         c = self.config
         return (c.multi_view_group, c.single_view_group) if c.self_training else None
-
-    @property
-    def perceptual(self):
-        if not hasattr(self, "_lpips"):
-            from ..metrics.lpips import PerceptualLoss
-
-            self._lpips = PerceptualLoss("alex")
-        return self._lpips
 
     def semantic_features(self, images: Tensor) -> Tensor:
         """(N, 256) unit features of images in [0, 1]: the frozen AlexNet trunk's pooled conv5 at 64²."""
@@ -361,21 +355,12 @@ class TriplaneScene:
 
     @torch.no_grad()
     def render(self, target, chunk: int = 8192) -> dict[str, Tensor]:
-        from ..cameras import camera_rays
+        from ..render.image import render_image
+        from .pixelnerf import ray_outputs
 
         cam = type(target)((self.T @ target.c2w[:1].double()).float(), target.K[:1].float(), target.size[:1])
-        rays = camera_rays(cam)
-        h, w = rays.origins.shape[1:3]
-        dev = self.planes.device
-        o, d = rays.origins.reshape(1, -1, 3).to(dev), rays.directions.reshape(1, -1, 3).to(dev)
-        outs = [self.model.render_rays(self.planes, o[:, i : i + chunk], d[:, i : i + chunk])
-                for i in range(0, o.shape[1], chunk)]  # fmt: skip
-        rgb = torch.cat([x["rgb"] for x in outs], 1)[0]
-        acc = torch.cat([x["opacity"] for x in outs], 1)[0]
-        depth = torch.cat([x["depth"] for x in outs], 1)[0] * rays.z_per_t.reshape(-1).to(dev)
-        depth = torch.where(acc > 1e-3, depth / acc.clamp_min(1e-3), torch.zeros_like(depth))
-        return {"rgb": rgb.reshape(h, w, 3).permute(2, 0, 1).cpu(), "opacity": acc.reshape(1, h, w).cpu(),
-                "depth": depth.reshape(1, h, w).cpu()}  # fmt: skip
+        return render_image(lambda o, d: ray_outputs(self.model.render_rays(self.planes, o[None], d[None])), cam,
+                            chunk, self.planes.device)  # fmt: skip
 
 
 def _crop(x: Tensor, corners: list, p: int) -> Tensor:

@@ -5,6 +5,7 @@ feed an MLP whose hidden states are averaged over views half-way; coarse + fine 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 from ..cameras import Cameras, camera_rays
 from ..fields.base import positional_encoding
 from ..pretrained import register_model
+from ..render.image import render_image
 from ..render.volume import sample_pdf, weights_from_alpha
 from .encoder import ResNetEncoder
 
@@ -191,19 +193,11 @@ class PixelNeRF(nn.Module):
         feats = self.encode(context[None].to(dev))
         c2w, K = context_cams.c2w[None].float().to(dev), context_cams.K[None].float().to(dev)
         size = tuple(context.shape[-2:])
-        rays = camera_rays(target[:1], dtype=torch.float32)
-        h, w = rays.origins.shape[1:3]
-        o, d = rays.origins.reshape(1, -1, 3).to(dev), rays.directions.reshape(1, -1, 3).to(dev)
-        zt = rays.z_per_t.reshape(1, -1).to(dev)
-        outs = []
-        for i in range(0, o.shape[1], chunk):
-            outs.append(self.render_rays(feats, c2w, K, size, o[:, i : i + chunk], d[:, i : i + chunk]))
-        rgb = torch.cat([x["rgb"] for x in outs], 1)[0]
-        acc = torch.cat([x["opacity"] for x in outs], 1)[0]
-        depth = torch.cat([x["depth"] for x in outs], 1)[0] * zt[0]
-        depth = torch.where(acc > 1e-3, depth / acc.clamp_min(1e-3), torch.zeros_like(depth))
-        return {
-            "rgb": rgb.reshape(h, w, 3).permute(2, 0, 1).clamp(0, 1).cpu(),
-            "depth": depth.reshape(1, h, w).cpu(),
-            "opacity": acc.reshape(1, h, w).cpu(),
-        }
+        return render_image(lambda o, d: ray_outputs(self.render_rays(feats, c2w, K, size, o[None], d[None])),
+                            target, chunk, dev)  # fmt: skip
+
+
+def ray_outputs(out: dict) -> SimpleNamespace:
+    """One batch item's ``rgb``/``depth``/``opacity`` of a (1, R, ...) ray render, as :func:`render_image` reads
+    them."""
+    return SimpleNamespace(rgb=out["rgb"][0], depth=out["depth"][0], opacity=out["opacity"][0])
