@@ -294,9 +294,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = model_cls(mcfg)
         depth = getattr(model, "needs_depth", False)
         groups = getattr(model, "self_training_groups", None)
-        source = make_source(cfg, "train", depth=depth, self_training=groups)
+        group = getattr(model, "data_group", "all")
+        source = make_source(cfg, "train", depth=depth, self_training=groups, group=group)
         try:
-            eval_source = make_source(cfg, "val", depth=depth, self_training=groups)
+            eval_source = make_source(cfg, "val", depth=depth, self_training=groups, group=group)
         except (DataError, ValueError):
             eval_source = None
         if info.is_main:

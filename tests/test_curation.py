@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import torch
 
 from fewview.data.curation import CurationConfig, boundary, curate, erode
@@ -296,3 +299,49 @@ def test_data_curate_builds_scores_and_writes_the_pool(tmp_path, capsys):
     assert len(rec["images"]) == 4 and 0 <= rec["score"]["recall"] <= 1 or rec["score"]["clean"] == 0
     assert (out / "images" / "0000.png").is_file() and (out / "images" / "0000_instances.png").is_file()
     assert "precision" in capsys.readouterr().out
+
+
+def test_info_nce_has_its_closed_form():
+    """Orthonormal pairs: every row's positive logit is 1/τ and its N − 1 negatives 0, so the loss is
+    log(1 + (N − 1)·e^(−1/τ)); marking every pair as the same object leaves no negatives and the loss is 0."""
+    from fewview.models.viewenc import info_nce
+
+    n, tau = 5, 0.2
+    z = torch.eye(n, 8)
+    loss, acc = info_nce(z, z, tau)
+    assert torch.allclose(loss, torch.log1p(torch.tensor((n - 1) * math.exp(-1 / tau)))) and acc == 1
+    loss, _ = info_nce(z, z, tau, torch.ones(n, n, dtype=torch.bool))
+    assert abs(float(loss)) < 1e-6
+    swapped, acc = info_nce(z, z.roll(1, 0), tau)  # every partner is another row's: chance is gone
+    assert swapped > loss and acc == 0
+
+
+def test_view_encoder_trains_on_set_a_and_serves_the_lrm_semantic_loss(tmp_path):
+    """`fewview train viewenc` reads only the parametric objects (set A) and logs its InfoNCE and top-1; an LRM
+    whose ``semantic_encoder`` names the trained folder uses its features, frozen and never saved with the LRM."""
+    from fewview.cli import main as cli
+    from fewview.models.lrm import LRM, LRMConfig
+    from fewview.pretrained import from_pretrained
+    from fewview.train import TrainConfig
+    from fewview.train.trainer import make_source
+
+    root = _mixed_root(tmp_path)
+    tc = TrainConfig(data=str(root))
+    a = make_source(tc, "train", group="parametric")
+    assert len(a) < len(make_source(tc, "train"))
+    out = tmp_path / "viewenc"
+    args = ["train", "viewenc", "--data", str(root), "--out", str(out), "--steps", "30", "--batch-size", "4",
+            "--context-min", "1", "--context-max", "1", "--lr", "2e-3", "--warmup", "1", "--eval-every", "0",
+            "--checkpoint-every", "30", "--device", "cpu", "--quiet", "--model-widths", "8", "16",
+            "--model-dim", "16", "--model-image-size", "32"]  # fmt: skip
+    assert cli(args) == 0
+    enc = from_pretrained(out / "pretrained")
+    history = json.loads((out / "checkpoint" / "meta.json").read_text())["history"]
+    assert enc.model_name == "viewenc" and {"infonce", "top1"} <= set(history[-1])
+    img = torch.rand(3, 3, 32, 32)
+    f = enc.features(img)
+    assert f.shape == (3, 16) and torch.allclose(f.norm(dim=-1), torch.ones(3), atol=1e-5)
+    lrm = LRM(LRMConfig(**TINY_LRM, semantic_encoder=str(out / "pretrained")))
+    assert torch.allclose(lrm.semantic_features(img), f, atol=1e-6)
+    assert not any(k.startswith("_viewenc") or "stages" in k for k in lrm.state_dict())
+    assert not any(p.requires_grad for p in lrm._view_encoder("cpu").parameters())

@@ -73,6 +73,7 @@ class LRMConfig:
     semantic_views: int = 4
     semantic_size: int = 32  # render side of the semantic views (upsampled to 64 for AlexNet)
     semantic_reduce: str = "max"  # max: the least similar view (Real3D) | mean: every view (naive)
+    semantic_encoder: str = "alexnet"  # alexnet: the frozen ImageNet trunk | a viewenc folder or shipped name
 
 
 def canonical_frame(input_c2w: Tensor, distance: float = 3.0) -> Tensor:
@@ -174,10 +175,25 @@ class LRM(nn.Module):
         return (c.multi_view_group, c.single_view_group) if c.self_training else None
 
     def semantic_features(self, images: Tensor) -> Tensor:
-        """(N, 256) unit features of images in [0, 1]: the frozen AlexNet trunk's pooled conv5 at 64²."""
+        """Unit features of images in [0, 1]: the frozen AlexNet trunk's pooled conv5 at 64² (N, 256), or the
+        frozen view-invariant encoder named by ``semantic_encoder`` (:mod:`fewview.models.viewenc`)."""
+        if self.config.semantic_encoder != "alexnet":
+            return self._view_encoder(images.device).features(images)
         x = F.interpolate(images, size=(64, 64), mode="bilinear", align_corners=False)
         lp = self.perceptual.lpips.to(images.device)
         return F.normalize(lp.features(x * 2 - 1)[-1].mean((-2, -1)), dim=-1)
+
+    def _view_encoder(self, device) -> nn.Module:
+        """The frozen view encoder, loaded on first use and kept out of the state_dict (never saved with the LRM)."""
+        enc = self.__dict__.get("_viewenc")
+        if enc is None:
+            from ..pretrained import from_pretrained, resolve_model_dir
+
+            enc = from_pretrained(resolve_model_dir(self.config.semantic_encoder)).eval().requires_grad_(False)
+            if getattr(enc, "model_name", "") != "viewenc":
+                raise ValueError(f"semantic encoder {self.config.semantic_encoder!r} is not a viewenc model")
+            self.__dict__["_viewenc"] = enc
+        return enc.to(device)
 
     def on_grey(self, image: Tensor, mask: Tensor | None) -> Tensor:
         """Images (B, 3, H, W) on the training background recomposited on the input background."""

@@ -75,9 +75,9 @@ def lr_lambda(cfg: TrainConfig):
 
 
 def make_source(cfg: TrainConfig, split: str, res: int | None = None, depth: bool = False,
-                self_training: tuple[str, str] | None = None):  # fmt: skip
+                self_training: tuple[str, str] | None = None, group: str = "all"):  # fmt: skip
     """The training data of ``cfg``. ``self_training`` = (multi-view group, single-view group) pairs set A with the
-    one-view-per-object set B (Real3D)."""
+    one-view-per-object set B (Real3D); ``group`` keeps only fewview-objects' household or parametric objects."""
     from .data import CO3DSource, ObjectsSource, SelfTrainingSource
 
     if not cfg.data:
@@ -87,7 +87,9 @@ def make_source(cfg: TrainConfig, split: str, res: int | None = None, depth: boo
             raise ValueError("self-training reads a fewview-objects folder (household objects are set B)")
         return SelfTrainingSource(cfg.data, split, *self_training, seed=cfg.seed, limit=cfg.limit_scenes or None)
     if cfg.data_format == "objects":
-        return ObjectsSource(cfg.data, split, cfg.limit_scenes or None, depth=depth)
+        return ObjectsSource(cfg.data, split, cfg.limit_scenes or None, depth=depth, group=group)
+    if group != "all":
+        raise ValueError(f"object group {group!r} needs fewview-objects data")
     if cfg.data_format == "co3d":
         if depth:
             raise ValueError("this model trains on depth maps, which only fewview-objects data has")
