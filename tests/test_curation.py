@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
 from fewview.data.curation import CurationConfig, boundary, curate, erode
@@ -197,9 +198,13 @@ def _one_batch(source, tc):
     return b
 
 
-def test_lrm_cycle_gradient_skips_the_first_pass(tmp_path):
+@pytest.mark.parametrize("stop_grad", [True, False])
+def test_lrm_cycle_gradient_skips_the_first_pass(tmp_path, monkeypatch, stop_grad):
     """Backpropagating the cycle term reaches the weights through the re-encoded second pass only: zeroing the
-    first pass's planes' gradient path changes nothing (the novel render is computed under no_grad)."""
+    first pass's planes' gradient path changes nothing (the novel render is computed under no_grad). The
+    end-to-end ablation (``cycle_stop_grad=False``) lets it reach the first pass too; without the curriculum the
+    pose range is the full one (p = 1) from the first step."""
+    import fewview.cameras
     from fewview.models.lrm import LRM, LRMConfig
     from fewview.train import TrainConfig
     from fewview.train.trainer import make_source
@@ -207,7 +212,9 @@ def test_lrm_cycle_gradient_skips_the_first_pass(tmp_path):
     root = _mixed_root(tmp_path)
     torch.manual_seed(0)
     cfg = LRMConfig(**TINY_LRM, self_training=True, w_sv_rgb=0, w_sv_mask=0, w_semantic=0, w_rgb=0, w_mask=0,
-                    w_lpips=0)  # fmt: skip
+                    w_lpips=0, cycle_stop_grad=stop_grad, curriculum=stop_grad)  # fmt: skip
+    progress, real_angles = [], fewview.cameras.curriculum_angles
+    monkeypatch.setattr(fewview.cameras, "curriculum_angles", lambda p, *a: progress.append(p) or real_angles(p, *a))
     model = LRM(cfg)
     tc = TrainConfig(data=str(root), steps=1, batch_size=2, context_min=1, context_max=1)
     source = make_source(tc, "train", self_training=model.self_training_groups)
@@ -226,7 +233,9 @@ def test_lrm_cycle_gradient_skips_the_first_pass(tmp_path):
     loss.backward()
     # triplane runs for A's input (0), B's input (1) and the cycle's re-encoded input (2): with every other term
     # weighted 0, only the re-encoded pass gets a gradient; the curriculum render of pass 1 passes none back
-    assert n[0] == 3 and seen[2] > 0 and seen.get(1, 0.0) == 0.0 and logs["cycle_mse"] > 0
+    assert n[0] == 3 and seen[2] > 0 and logs["cycle_mse"] > 0
+    assert (seen.get(1, 0.0) == 0.0) == stop_grad
+    assert set(progress) == ({0.5} if stop_grad else {1.0})  # the batch's progress is 0.5
 
 
 def test_recon_lrm_renders_views_turntable_and_mesh(tmp_path, capsys):

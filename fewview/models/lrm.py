@@ -67,6 +67,8 @@ class LRMConfig:
     w_cycle_lpips: float = 10.0
     w_cycle_mask: float = 10.0
     cycle_threshold: float = 0.5
+    cycle_stop_grad: bool = True  # False: the curriculum render keeps its gradient (the "end-to-end" ablation)
+    curriculum: bool = True  # False: the pose range is the full one from the first step
     curriculum_low: float = 15.0  # degrees
     curriculum_high: float = 90.0
     w_semantic: float = 1.0
@@ -280,22 +282,24 @@ class LRM(nn.Module):
                                      c.w_sv_mask, "sv_")  # fmt: skip
         logs.update(lg)
         # 2. cycle consistency: the curriculum view, rendered without gradient, becomes the input
-        angles = [curriculum_angles(progress, 1, c.curriculum_low, c.curriculum_high, g) for g in gens]
+        angles = [curriculum_angles(progress if c.curriculum else 1.0, 1, c.curriculum_low, c.curriculum_high, g)
+                  for g in gens]  # fmt: skip
         az = torch.cat([a for a, _ in angles]).float()
         el = torch.cat([e for _, e in angles]).float()
         novel = self.novel_cameras(K, az, el, hw).to(dev)
-        with torch.no_grad():
-            rend = self.render_image(planes.detach(), novel, K, hw)
-            keep = (rend["opacity"] > c.cycle_threshold).float()
-            new_input = rend["rgb"] * keep + c.input_background * (1 - keep)
-        planes2 = self.triplane(new_input)
-        back = cycle_pose(canon.double(), novel.double()).float()
-        corners = self._corners(gens, hw, p)
-        out = self.render_patch(planes2, back, K, hw, corners, p)
-        cyc, lg = self.image_losses(out, _crop(img, corners, p), _crop(mask, corners, p), c.w_cycle_rgb,
-                                    c.w_cycle_lpips, c.w_cycle_mask, "cycle_")  # fmt: skip
-        loss = loss + cyc
-        logs.update(lg)
+        if c.w_cycle_rgb or c.w_cycle_lpips or c.w_cycle_mask:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not c.cycle_stop_grad):
+                rend = self.render_image(planes.detach() if c.cycle_stop_grad else planes, novel, K, hw)
+                keep = (rend["opacity"] > c.cycle_threshold).float()
+                new_input = rend["rgb"] * keep + c.input_background * (1 - keep)
+            planes2 = self.triplane(new_input)
+            back = cycle_pose(canon.double(), novel.double()).float()
+            corners = self._corners(gens, hw, p)
+            out = self.render_patch(planes2, back, K, hw, corners, p)
+            cyc, lg = self.image_losses(out, _crop(img, corners, p), _crop(mask, corners, p), c.w_cycle_rgb,
+                                        c.w_cycle_lpips, c.w_cycle_mask, "cycle_")  # fmt: skip
+            loss = loss + cyc
+            logs.update(lg)
         # 3. semantic: the least similar of the novel views to the input
         if c.w_semantic > 0 and c.semantic_views > 0:
             m = c.semantic_views
