@@ -572,7 +572,7 @@ def cmd_data_curate(args: argparse.Namespace) -> int:
 
     from .data.curation import CurationConfig, curate
     from .evaluation import to_uint8
-    from .objects.clutter import ClutterConfig, build_pool, score_curation
+    from .objects.clutter import ClutterConfig, build_pool, pool_disparity, score_curation
     from .train import ObjectsSource
 
     src = ObjectsSource(args.data, args.split, depth=True, group="household")
@@ -587,12 +587,7 @@ def cmd_data_curate(args: argparse.Namespace) -> int:
     (out / "images").mkdir(parents=True, exist_ok=True)
     verdicts, records = [], []
     for k, im in enumerate(pool):
-        if net is None:  # the renderer's depth, as disparity
-            disp = torch.where(im.depth > 0, 1 / im.depth.clamp_min(1e-6), torch.zeros_like(im.depth))
-        else:
-            with torch.no_grad():
-                disp = net.predict(im.rgb[None])[0, 0]
-        vs = curate(im.masks, disp, cc)
+        vs = curate(im.masks, pool_disparity(im, net), cc)
         verdicts.append(vs)
         Image.fromarray(to_uint8(im.rgb)).save(out / "images" / f"{k:04d}.png")
         ids = torch.zeros(im.masks.shape[1:], dtype=torch.uint8)

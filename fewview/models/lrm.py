@@ -61,6 +61,9 @@ class LRMConfig:
     self_training: bool = False  # read set B (single views) as well: Real3D
     multi_view_group: str = "parametric"  # set A
     single_view_group: str = "household"  # set B
+    single_view_source: str = "objects"  # objects: each B object's view | pool / pool-curated: cut from clutter
+    pool_images: int = 400  # cluttered images of the pool
+    pool_depth: str = "depth64"  # the curation's disparity: a depth network (folder or shipped name) | renderer
     w_sv_rgb: float = 0.6
     w_sv_mask: float = 0.3
     w_cycle_rgb: float = 20.0
@@ -171,10 +174,13 @@ class LRM(nn.Module):
         return {"rgb": colour, "opacity": acc, "depth": (w * t).sum(-1)}
 
     @property
-    def self_training_groups(self) -> tuple[str, str] | None:
-        """(set A group, set B group) when self-training: the trainer then pairs A with single views of B."""
+    def self_training_groups(self) -> tuple | None:
+        """(set A group, set B group, set B's source, pool images, pool depth) when self-training: the trainer then
+        pairs A with single views of B."""
         c = self.config
-        return (c.multi_view_group, c.single_view_group) if c.self_training else None
+        if not c.self_training:
+            return None
+        return c.multi_view_group, c.single_view_group, c.single_view_source, c.pool_images, c.pool_depth
 
     def semantic_features(self, images: Tensor) -> Tensor:
         """Unit features of images in [0, 1]: the frozen AlexNet trunk's pooled conv5 at 64² (N, 256), or the

@@ -14,7 +14,7 @@ interpenetrate). Ground truth per instance, from its amodal (unoccluded, unclipp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ class ClutterImage:
     masks: Tensor  # (N, C, C) bool visible instance masks
     truth: list[str]  # per instance: "clean", "occluded" or "truncated"
     objects: list[int]
+    boxes: list[tuple[int, int, int]] = field(default_factory=list)  # per instance: (y, x, side) of its placed render
+    sources: list[int] = field(default_factory=list)  # per instance: its object's index in the source
 
 
 def compose(rgba: list[Tensor], depth: list[Tensor], offsets: list[tuple[int, int]], shifts: list[float],
@@ -89,7 +91,7 @@ def build_pool(source, cfg: ClutterConfig | None = None) -> list[ClutterImage]:
     for _ in range(cfg.images):
         k = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
         objs = rng.choice(len(source), size=k, replace=False).tolist()
-        rgba, depth, offs, shifts = [], [], [], []
+        rgba, depth, offs, shifts, boxes = [], [], [], [], []
         for s in objs:
             v = int(rng.integers(source.num_views(s)))
             img, msk, _ = source.views(s, [v])
@@ -104,11 +106,39 @@ def build_pool(source, cfg: ClutterConfig | None = None) -> list[ClutterImage]:
             # centres spread over the canvas, up to a third of the object outside it
             c = rng.uniform(-size / 3, cfg.canvas - 2 * size / 3, size=2)
             offs.append((int(c[0]), int(c[1])))
+            boxes.append((int(c[0]), int(c[1]), size))
             shifts.append(float(rng.uniform(0, cfg.depth_spread)))
         im = compose(rgba, depth, offs, shifts, cfg.canvas, cfg.background, cfg.occluded_fraction)
-        im.objects = [int(source.ids[s]) for s in objs]
+        im.objects, im.boxes, im.sources = [int(source.ids[s]) for s in objs], boxes, objs
         pool.append(im)
     return pool
+
+
+def pool_disparity(im: ClutterImage, net=None) -> Tensor:
+    """(C, C) disparity of a pool image: the monocular depth network's (``net``) or, without one, the renderer's."""
+    if net is None:
+        return torch.where(im.depth > 0, 1 / im.depth.clamp_min(1e-6), torch.zeros_like(im.depth))
+    with torch.no_grad():
+        return net.predict(im.rgb[None])[0, 0]
+
+
+def instance_view(im: ClutterImage, i: int, res: int, background: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Instance ``i`` cut out of a pool image as a single view: its render's window (in the render's own framing,
+    so its camera is the render's), resized to ``res``, everything outside its visible mask on ``background``
+    (occluders and the frame cut it as they would a segmented photo). Returns rgb (3, res, res), mask (1, res, res)."""
+    y, x, side = im.boxes[i]
+    c = im.rgb.shape[-1]
+    rgb = torch.full((3, side, side), background)
+    mask = torch.zeros(1, side, side)
+    y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + side, c), min(x + side, c)
+    if y1 > y0 and x1 > x0:
+        m = im.masks[i, y0:y1, x0:x1].float()
+        rgb[:, y0 - y : y1 - y, x0 - x : x1 - x] = im.rgb[:, y0:y1, x0:x1] * m + background * (1 - m)
+        mask[:, y0 - y : y1 - y, x0 - x : x1 - x] = m
+    if side != res:
+        rgb = F.interpolate(rgb[None], size=(res, res), mode="area")[0]
+        mask = F.interpolate(mask[None], size=(res, res), mode="area")[0]
+    return rgb, mask
 
 
 def score_curation(pool: list[ClutterImage], verdicts: list[list]) -> dict:

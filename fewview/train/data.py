@@ -129,15 +129,66 @@ class SingleViewSource:
         return ObjectsSource.depths(self, s, [0])  # type: ignore[arg-type]
 
 
+class PoolSingleViewSource(SingleViewSource):
+    """Set B as Real3D meets it in the wild: instances cut out of cluttered images (the curation pool of
+    :mod:`fewview.objects.clutter`, composed from each object's one allowed view), occluders and the frame
+    included; ``curated`` keeps only the instances that Real3D's occlusion-based curation keeps (on the disparity of
+    ``depth``: a monocular depth network's folder or shipped name, or ``"renderer"``). Each instance keeps its
+    object's camera (the cut-out is in the render's own framing)."""
+
+    def __init__(self, root: str | Path, split: str = "train", group: str = "household", seed: int = 0,
+                 limit: int | None = None, images: int = 400, curated: bool = True,
+                 depth: str = "depth64"):  # fmt: skip
+        from ..data.curation import CurationConfig, curate
+        from ..objects.clutter import ClutterConfig, build_pool, instance_view, pool_disparity
+
+        single = SingleViewSource(root, split, group, seed, limit, depth=True)
+        pool = build_pool(single, ClutterConfig(images=images, seed=seed))
+        net = None
+        if curated and depth != "renderer":
+            from ..pretrained import from_pretrained, resolve_model_dir
+
+            net = from_pretrained(resolve_model_dir(depth)).eval()
+        rgba, c2w, ids, self.truth = [], [], [], []
+        for im in pool:
+            if curated:  # the size filter and margin of `fewview data curate` at the pool's 128² canvas
+                cc = CurationConfig(min_scale=20.0, border=2, seed=seed)
+                keep = [v.keep for v in curate(im.masks, pool_disparity(im, net), cc)]
+            else:
+                keep = [bool(m.any()) for m in im.masks]
+            for i, k in enumerate(keep):
+                if not k:
+                    continue
+                rgb, mask = instance_view(im, i, single.res)
+                rgba.append((torch.cat([rgb, mask]).permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8))
+                c2w.append(single.c2w[im.sources[i], 0])
+                ids.append(im.objects[i])
+                self.truth.append(im.truth[i])
+        if not rgba:
+            raise DataError(Path(root), "household", "the curation pool kept no instance")
+        self.ids, self.view = ids, [single.view[single.ids.index(o)] for o in ids]
+        self.rgba = torch.stack(rgba)[:, None].numpy()  # (S, 1, H, W, 4)
+        self.c2w = torch.stack(c2w)[:, None].clone()
+        self.K, self.res, self.depth = single.K, single.res, None
+
+
 class SelfTrainingSource(ObjectsSource):
     """Real3D's data: set A (multi-view objects of ``multi_view`` group, all views) plus ``single_view``, set B (a
     :class:`SingleViewSource`: one view per object), from one fewview-objects folder. Batches come from A; the
-    trainer draws a second batch from B (``Batch.single``) every step."""
+    trainer draws a second batch from B (``Batch.single``) every step. ``pool`` ("pool" or "pool-curated") takes
+    set B's views from the cluttered curation pool instead (:class:`PoolSingleViewSource`), uncurated or curated."""
 
     def __init__(self, root: str | Path, split: str = "train", multi_view: str = "parametric",
-                 single_view: str = "household", seed: int = 0, limit: int | None = None):  # fmt: skip
+                 single_view: str = "household", seed: int = 0, limit: int | None = None, pool: str = "objects",
+                 pool_images: int = 400, pool_depth: str = "depth64"):  # fmt: skip
         super().__init__(root, split, limit, False, multi_view)
-        self.single_view = SingleViewSource(root, split, single_view, seed, limit)
+        if pool == "objects":
+            self.single_view = SingleViewSource(root, split, single_view, seed, limit)
+        elif pool in ("pool", "pool-curated"):
+            self.single_view = PoolSingleViewSource(root, split, single_view, seed, limit, pool_images,
+                                                    pool == "pool-curated", pool_depth)  # fmt: skip
+        else:
+            raise ValueError(f"single-view source {pool!r}: choose objects, pool or pool-curated")
 
 
 class CO3DSource:

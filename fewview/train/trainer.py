@@ -76,8 +76,9 @@ def lr_lambda(cfg: TrainConfig):
 
 def make_source(cfg: TrainConfig, split: str, res: int | None = None, depth: bool = False,
                 self_training: tuple[str, str] | None = None, group: str = "all"):  # fmt: skip
-    """The training data of ``cfg``. ``self_training`` = (multi-view group, single-view group) pairs set A with the
-    one-view-per-object set B (Real3D); ``group`` keeps only fewview-objects' household or parametric objects."""
+    """The training data of ``cfg``. ``self_training`` = (multi-view group, single-view group[, pool, pool images,
+    pool depth]) pairs set A with the one-view-per-object set B (Real3D); ``group`` keeps only fewview-objects'
+    household or parametric objects."""
     from .data import CO3DSource, ObjectsSource, SelfTrainingSource
 
     if not cfg.data:
@@ -85,7 +86,9 @@ def make_source(cfg: TrainConfig, split: str, res: int | None = None, depth: boo
     if self_training is not None:
         if cfg.data_format != "objects" or depth:
             raise ValueError("self-training reads a fewview-objects folder (household objects are set B)")
-        return SelfTrainingSource(cfg.data, split, *self_training, seed=cfg.seed, limit=cfg.limit_scenes or None)
+        a, b, *pool = self_training
+        opts = dict(zip(("pool", "pool_images", "pool_depth"), pool, strict=False))
+        return SelfTrainingSource(cfg.data, split, a, b, seed=cfg.seed, limit=cfg.limit_scenes or None, **opts)
     if cfg.data_format == "objects":
         return ObjectsSource(cfg.data, split, cfg.limit_scenes or None, depth=depth, group=group)
     if group != "all":
