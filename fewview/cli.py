@@ -616,10 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--scene", help="Blender scene folder (default: $FEWVIEW_DEMO_SCENE, else the shipped example object)"
     )
     d.add_argument("--out", default="fewview-demo", help="output folder (default: fewview-demo)")
-    d.add_argument("--steps", type=int, default=1500, help="optimisation steps of the no-prior fit (default: 1500)")
-    d.add_argument("--sf-steps", type=int, default=600, help="optimisation steps of SparseFusion (default: 600)")
-    d.add_argument("--sf-denoise-steps", type=int, default=10,
-                   help="cap of SparseFusion's denoising steps per distillation step (paper: 50; default: 10)")
+    d.add_argument("--steps", type=int, default=500, help="optimisation steps of the no-prior fit (default: 500)")
+    d.add_argument("--sf-steps", type=int, default=300, help="optimisation steps of SparseFusion (default: 300)")
+    d.add_argument("--sf-denoise-steps", type=int, default=5,
+                   help="cap of SparseFusion's denoising steps per distillation step (paper: 50; default: 5)")
     d.add_argument("--no-prior-only", action="store_true", help="only the no-prior fit")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)

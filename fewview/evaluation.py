@@ -224,8 +224,34 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;t
     shown = names[:max_views]
     grid = [np.concatenate([load(d / runs[m] / "renders" / f"{n}_pred.png") for n in shown], 1) for m in runs]
     grid.append(np.concatenate([load(d / first / "renders" / f"{n}_gt.png") for n in shown], 1))
-    Image.fromarray(np.concatenate(grid, 0)).save(d / "comparison.png")
+    lp = lambda r: "" if r["means"].get("lpips_alex") is None else f"\nLPIPS {r['means']['lpips_alex']:.3f}"  # noqa: E731
+    labels = [f"{m}\n{r['means']['psnr']:.2f} dB{lp(r)}" for m, r in recs.items()] + ["ground truth"]
+    if inputs:
+        row = np.concatenate([load(d / p) for p in inputs], 1)
+        pad = np.full((row.shape[0], grid[0].shape[1], 3), 255, np.uint8)
+        pad[:, : min(row.shape[1], pad.shape[1])] = row[:, : pad.shape[1]]
+        grid.insert(0, pad)
+        labels.insert(0, f"{len(inputs)} inputs")
+    _labelled_grid(grid, labels, title).save(d / "comparison.png")
     return d / "report.html"
+
+
+def _labelled_grid(rows: list[np.ndarray], labels: list[str], title: str, scale: int = 2, margin: int = 130):
+    """Rows of images stacked, enlarged ``scale``× (nearest), each with its label on the left, the title above."""
+    from PIL import ImageDraw
+
+    h = sum(r.shape[0] for r in rows) * scale
+    w = rows[0].shape[1] * scale
+    canvas = Image.new("RGB", (margin + w, h + 24), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((6, 6), title, fill="black")
+    y = 24
+    for r, label in zip(rows, labels, strict=True):
+        im = Image.fromarray(r).resize((r.shape[1] * scale, r.shape[0] * scale), Image.NEAREST)
+        canvas.paste(im, (margin, y))
+        draw.multiline_text((6, y + 6), label, fill="black", spacing=4)
+        y += im.height
+    return canvas
 
 
 def nan_to_none(x):
