@@ -3,7 +3,7 @@
     fewview demo --out fewview-demo
     fewview eval fewview/assets/example_object --protocol blender-split --representation gaussians \
         --w-silhouette 1 --gs-hull-prune --gs-w-opacity 0.5 --gs-reset-every 500 --steps 1500 --out runs/demo-gs
-    python benchmarks/viewer_screenshots.py fewview-demo docs/images/viewer_demo.png
+    python benchmarks/viewer_screenshots.py fewview-demo/no-prior docs/images/viewer_demo.png
     python benchmarks/viewer_screenshots.py runs/demo-gs docs/images/viewer_gaussians.png
 
 Needs the [viewer] extra, selenium and Debian's chromium + chromium-driver.

@@ -180,3 +180,14 @@ def test_cli_reports_one_line_and_writes_nothing(tmp_path):
     assert r.stderr.count("\n") == 1 and "transforms_train.json" in r.stderr and "invalid JSON" in r.stderr
     assert "Traceback" not in r.stderr
     assert list(work.iterdir()) == []
+
+
+def test_a_folder_of_runs_names_them(tmp_path, capsys):
+    """`fewview export fewview-demo` (a folder holding the demo's two runs, not a run) says which runs to choose."""
+    from fewview.cli import main
+
+    for run in ("no-prior", "sparsefusion"):
+        (tmp_path / run / "checkpoint").mkdir(parents=True)
+    assert main(["export", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-prior, sparsefusion" in err and str(tmp_path / "sparsefusion") in err

@@ -37,6 +37,10 @@ def load_fit(run_dir: str | Path, device: str | torch.device = "cpu"):
     run_dir = Path(run_dir)
     ck = find_checkpoint(run_dir / "checkpoint")
     if ck is None:
+        runs = sorted(p.parent.name for p in run_dir.glob("*/checkpoint"))
+        if runs:  # a folder of runs, as `fewview demo` writes
+            raise FileNotFoundError(f"{run_dir} holds the runs {', '.join(runs)}: give one of them, e.g. "
+                                    f"{run_dir / runs[-1]}")  # fmt: skip
         raise FileNotFoundError(f"{run_dir / 'checkpoint'}: no checkpoint here (meta.json missing)")
     if json.loads((ck / "meta.json").read_text()).get("kind") == "gaussians":
         return load_gaussian_fit(run_dir, device)
