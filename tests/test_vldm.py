@@ -125,6 +125,7 @@ def test_sparsefusion_smoke_from_two_views(tiny_vldm, tmp_path):
     cfg = sf_config(tiny_vldm, sf_w_perceptual=0.1)
     rec = run_protocol(EXAMPLE, "blender-split", tmp_path / "run", cfg, progress=False, lpips=False)
     assert rec["method"] == "sparsefusion"
+    assert {"render", "step"} <= set(rec["timings"])  # metrics.json records the time split
     import json
 
     hist = json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())["history"]

@@ -103,6 +103,8 @@ def run_protocol(
         "steps": cfg.steps,
         "env": environment_info(),
     }
+    if getattr(fitter, "timings", None):  # a prior-guided fit's seconds per phase (this process's steps)
+        record["timings"] = dict(fitter.timings)
     (out / "metrics.json").write_text(json.dumps(nan_to_none(record), indent=1))
     write_report(
         out,
