@@ -16,8 +16,10 @@ reads a batch of single-view objects (set B, ``Batch.single``: the query is the 
 - cycle consistency: a curriculum view (|azimuth|, |elevation| ~ U[15°, 15° + p·75°]) is rendered *without
   gradient*, its alpha thresholded at 0.5 and composited on grey, re-encoded, and the original camera rendered from
   it (canon · novel⁻¹ · canon) and supervised with the original image and mask: colour ×20, LPIPS ×10, mask ×10;
-- semantic loss: −cos(f(novel), f(input)) with f the frozen ImageNet AlexNet trunk (pooled conv5, the LPIPS trunk;
-  CLIP cannot be had here), reduced by the max over ``semantic_views`` novel views (the least similar one), or
+- semantic loss: −cos(f(novel), f(input)) with f a frozen image encoder (CLIP cannot be had here): by default the
+  view-invariant encoder trained on set A (:mod:`fewview.models.viewenc`, shipped as ``viewenc``), or the ImageNet
+  AlexNet trunk (``semantic_encoder="alexnet"``: pooled conv5, the LPIPS trunk), reduced by the max over
+  ``semantic_views`` novel views (the least similar one), or
   their mean (``semantic_reduce="mean"``, the naive variant). The novel views are drawn as the official
   ``constraint2_elevation``: azimuth in [0°, 120°] ∪ [240°, 360°], elevation in [0°, 45°] ∪ [315°, 360°], the last
   one replaced by the curriculum view.
@@ -76,9 +78,9 @@ class LRMConfig:
     curriculum_high: float = 90.0
     w_semantic: float = 1.0
     semantic_views: int = 4
-    semantic_size: int = 32  # render side of the semantic views (upsampled to 64 for AlexNet)
+    semantic_size: int = 32  # render side of the semantic views (upsampled to 64 for the encoder)
     semantic_reduce: str = "max"  # max: the least similar view (Real3D) | mean: every view (naive)
-    semantic_encoder: str = "alexnet"  # alexnet: the frozen ImageNet trunk | a viewenc folder or shipped name
+    semantic_encoder: str = "viewenc"  # the shipped view encoder (or another viewenc folder) | alexnet
 
 
 def canonical_frame(input_c2w: Tensor, distance: float = 3.0) -> Tensor:
