@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..pretrained import register_model
-from .encoder import BasicBlock, _gn
+from .encoder import _gn, basic_stages, gn_stem
 
 
 @dataclass
@@ -84,9 +84,8 @@ class DepthNet(nn.Module):
         super().__init__()
         self.config = c = config or DepthConfig()
         w = c.widths
-        self.stem = nn.Sequential(nn.Conv2d(3, w[0], 3, 1, 1, bias=False), _gn(w[0]), nn.ReLU())
-        stages = [BasicBlock(w[0], w[0], 1)] + [BasicBlock(w[i - 1], w[i], 2) for i in range(1, len(w))]
-        self.down = nn.ModuleList(stages)
+        self.stem = gn_stem(3, w[0])
+        self.down = nn.ModuleList(basic_stages(w))
         self.up = nn.ModuleList([_Up(w[i], w[i - 1], w[i - 1]) for i in range(len(w) - 1, 0, -1)])
         self.head = nn.Conv2d(w[0], 1, 3, 1, 1)
 

@@ -29,6 +29,17 @@ class BasicBlock(nn.Module):
         return F.relu(y + (x if self.skip is None else self.skip(x)))
 
 
+def gn_stem(cin: int, cout: int) -> nn.Sequential:
+    """A 3×3 stride-1 convolution, GroupNorm and ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), _gn(cout), nn.ReLU())
+
+
+def basic_stages(widths: tuple[int, ...]) -> list[BasicBlock]:
+    """One BasicBlock per width: the first keeps the resolution, every later one halves it."""
+    w = widths
+    return [BasicBlock(w[0], w[0], 1)] + [BasicBlock(w[i - 1], w[i], 2) for i in range(1, len(w))]
+
+
 class ResNetEncoder(nn.Module):
     """Stem (stride 2) + stages; every stage's output is bilinearly resized to H/2 and concatenated
     (pixelNeRF's and SparseFusion's multi-scale feature map). ``out_channels`` = sum of ``widths``."""

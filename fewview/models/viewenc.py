@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..pretrained import register_model
-from .encoder import BasicBlock, _gn
+from .encoder import basic_stages, gn_stem
 
 
 @dataclass
@@ -54,9 +54,8 @@ class ViewEncoder(nn.Module):
         super().__init__()
         self.config = c = config or ViewEncoderConfig()
         w = c.widths
-        self.stem = nn.Sequential(nn.Conv2d(3, w[0], 3, 1, 1, bias=False), _gn(w[0]), nn.ReLU())
-        blocks = [BasicBlock(w[0], w[0], 1)] + [BasicBlock(w[i - 1], w[i], 2) for i in range(1, len(w))]
-        self.stages = nn.Sequential(*blocks)
+        self.stem = gn_stem(3, w[0])
+        self.stages = nn.Sequential(*basic_stages(w))
         self.head = nn.Sequential(nn.Linear(w[-1], w[-1]), nn.ReLU(), nn.Linear(w[-1], c.dim))
 
     @property
