@@ -7,6 +7,10 @@ LPIPS-alex per row; the fitted rows also report their wall time.
 
     python benchmarks/sparsefusion.py --objects data/fewview-objects-mixed --n-objects 20
     python benchmarks/sparsefusion.py --protocols objects-2view --n-objects 2 --rows eft sparsefusion   # a subset
+
+Every scene's figures are kept in ``OUT/scenes/PROTOCOL/ROW/SCENE.json`` and reused by later runs with the same
+``OUT`` (delete them to recompute), so a long table can be filled over several runs; the means cover the scenes
+done so far, and the printed line says how many.
 """
 
 from __future__ import annotations
@@ -58,7 +62,18 @@ def config(row: str, args) -> FitConfig:
     if FITTED[row] is None:
         return FitConfig(**{**SPARSE_PRESET, "steps": args.steps, "upsample_step": args.steps // 3})
     return SparseFusionConfig(sf_model=args.model, sf_objective=FITTED[row], steps=args.steps,
-                              upsample_step=args.steps // 3, sf_guidance=args.guidance)  # fmt: skip
+                              upsample_step=args.steps // 3, sf_guidance=args.guidance,
+                              sf_max_denoise_steps=args.max_denoise_steps)  # fmt: skip
+
+
+def cached(path: Path, *args) -> dict:
+    """The figures in ``path`` when a run already wrote them, else ``score(*args)``'s, written there."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    res = score(*args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1))
+    return res
 
 
 def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], row: str, args, vldm, weights) -> dict:
@@ -89,6 +104,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the VLDM rows")
     ap.add_argument("--sample-steps", type=int, default=50)
+    ap.add_argument("--max-denoise-steps", type=int, default=50, help="SparseFusion's cap of PLMS steps (paper: 50)")
     ap.add_argument("--out", default="bench-out/sparsefusion")
     ap.add_argument("--lpips-weights", default="../shared/weights")
     args = ap.parse_args()
@@ -107,22 +123,26 @@ def main() -> int:
                 for oi in card["splits"]["test"][: args.n_objects]:
                     scene = load_object(args.objects, oi)
                     split = get_protocol(protocol)(oi, len(scene))
-                    per.append(score(scene, list(split.inputs), scene, list(split.evaluation), row, args, vldm,
-                                     weights))  # fmt: skip
+                    per.append(cached(out / "scenes" / protocol / row / f"{oi}.json", scene, list(split.inputs), scene,
+                                      list(split.evaluation), row, args, vldm, weights))  # fmt: skip
                 keys = per[0]["means"].keys()
                 res = {"means": {k: float(np.nanmean([p["means"][k] for p in per])) for k in keys},
-                       "seconds": float(np.mean([p["seconds"] for p in per])), "per_object": per}  # fmt: skip
+                       "seconds": float(np.mean([p["seconds"] for p in per])), "per_object": per,
+                       "scenes": len(per)}  # fmt: skip
             else:
                 path = args.lego if protocol.startswith("lego") else args.llff
                 if not Path(path).exists():
                     print(f"skipping {protocol}: {path} not found", flush=True)
                     break
                 scene_in, ev_scene, split = protocol_scenes(path, protocol)
-                res = score(scene_in, list(split.inputs), ev_scene, list(split.evaluation), row, args, vldm, weights)
+                res = cached(out / "scenes" / protocol / row / f"{Path(path).name}.json", scene_in, list(split.inputs),
+                             ev_scene, list(split.evaluation), row, args, vldm, weights)  # fmt: skip
+                res = {**res, "scenes": 1}
             record["results"].setdefault(protocol, {})[row] = res
             m = res["means"]
             print(f"{protocol:14s} {row:13s} PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  "
-                  f"LPIPS {m.get('lpips_alex', float('nan')):.3f}  ({res['seconds']:.0f} s per scene)", flush=True)
+                  f"LPIPS {m.get('lpips_alex', float('nan')):.3f}  ({res['seconds']:.0f} s per scene, "
+                  f"{res['scenes']} scenes)", flush=True)  # fmt: skip
             out.mkdir(parents=True, exist_ok=True)
             (out / "sparsefusion.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out / 'sparsefusion.json'}; reproduce: {record['command']}")
