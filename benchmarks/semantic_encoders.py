@@ -22,14 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fewview.models.lrm import LRM, LRMConfig
 from fewview.pretrained import from_pretrained, resolve_model_dir
 from fewview.train.data import ObjectsSource
-
-
-def alexnet_features(images: torch.Tensor) -> torch.Tensor:
-    from fewview.models.lrm import LRM, LRMConfig
-
-    return LRM(LRMConfig()).semantic_features(images)
 
 
 @torch.no_grad()
@@ -66,7 +61,7 @@ def main() -> int:
     ap.add_argument("--out", default="bench-out/semantic_encoders")
     args = ap.parse_args()
     torch.manual_seed(0)
-    cands = {"alexnet (ImageNet, frozen)": alexnet_features}
+    cands = {"alexnet (ImageNet, frozen)": LRM(LRMConfig(semantic_encoder="alexnet")).semantic_features}
     for e in args.encoders:
         enc = from_pretrained(resolve_model_dir(e)).eval()
         cands[f"viewenc {e}"] = enc.features
