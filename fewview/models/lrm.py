@@ -176,13 +176,14 @@ class LRM(nn.Module):
         return {"rgb": colour, "opacity": acc, "depth": (w * t).sum(-1)}
 
     @property
-    def self_training_groups(self) -> tuple | None:
-        """(set A group, set B group, set B's source, pool images, pool depth) when self-training: the trainer then
-        pairs A with single views of B."""
+    def self_training_groups(self) -> dict | None:
+        """:class:`~fewview.train.data.SelfTrainingSource`'s options (set A's group, set B's group and source) when
+        self-training: the trainer then pairs A with single views of B."""
         c = self.config
         if not c.self_training:
             return None
-        return c.multi_view_group, c.single_view_group, c.single_view_source, c.pool_images, c.pool_depth
+        return {"multi_view": c.multi_view_group, "single_view": c.single_view_group, "pool": c.single_view_source,
+                "pool_images": c.pool_images, "pool_depth": c.pool_depth}  # fmt: skip
 
     def semantic_features(self, images: Tensor) -> Tensor:
         """Unit features of images in [0, 1]: the frozen AlexNet trunk's pooled conv5 at 64² (N, 256), or the

@@ -91,7 +91,7 @@ def build_pool(source, cfg: ClutterConfig | None = None) -> list[ClutterImage]:
     for _ in range(cfg.images):
         k = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
         objs = rng.choice(len(source), size=k, replace=False).tolist()
-        rgba, depth, offs, shifts, boxes = [], [], [], [], []
+        rgba, depth, shifts, boxes = [], [], [], []
         for s in objs:
             v = int(rng.integers(source.num_views(s)))
             img, msk, _ = source.views(s, [v])
@@ -105,9 +105,9 @@ def build_pool(source, cfg: ClutterConfig | None = None) -> list[ClutterImage]:
             depth.append(d)
             # centres spread over the canvas, up to a third of the object outside it
             c = rng.uniform(-size / 3, cfg.canvas - 2 * size / 3, size=2)
-            offs.append((int(c[0]), int(c[1])))
             boxes.append((int(c[0]), int(c[1]), size))
             shifts.append(float(rng.uniform(0, cfg.depth_spread)))
+        offs = [(y, x) for y, x, _ in boxes]
         im = compose(rgba, depth, offs, shifts, cfg.canvas, cfg.background, cfg.occluded_fraction)
         im.objects, im.boxes, im.sources = [int(source.ids[s]) for s in objs], boxes, objs
         pool.append(im)

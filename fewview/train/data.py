@@ -149,10 +149,10 @@ class PoolSingleViewSource(SingleViewSource):
             from ..pretrained import from_pretrained, resolve_model_dir
 
             net = from_pretrained(resolve_model_dir(depth)).eval()
-        rgba, c2w, ids, self.truth = [], [], [], []
+        cc = CurationConfig(min_scale=20.0, border=2, seed=seed)  # `fewview data curate`'s at the 128² canvas
+        rgba, c2w, ids, self.view, self.truth = [], [], [], [], []
         for im in pool:
-            if curated:  # the size filter and margin of `fewview data curate` at the pool's 128² canvas
-                cc = CurationConfig(min_scale=20.0, border=2, seed=seed)
+            if curated:
                 keep = [v.keep for v in curate(im.masks, pool_disparity(im, net), cc)]
             else:
                 keep = [bool(m.any()) for m in im.masks]
@@ -163,10 +163,11 @@ class PoolSingleViewSource(SingleViewSource):
                 rgba.append((torch.cat([rgb, mask]).permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8))
                 c2w.append(single.c2w[im.sources[i], 0])
                 ids.append(im.objects[i])
+                self.view.append(single.view[im.sources[i]])
                 self.truth.append(im.truth[i])
         if not rgba:
             raise DataError(Path(root), "household", "the curation pool kept no instance")
-        self.ids, self.view = ids, [single.view[single.ids.index(o)] for o in ids]
+        self.ids = ids
         self.rgba = torch.stack(rgba)[:, None].numpy()  # (S, 1, H, W, 4)
         self.c2w = torch.stack(c2w)[:, None].clone()
         self.K, self.res, self.depth = single.K, single.res, None

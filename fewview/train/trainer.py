@@ -75,10 +75,10 @@ def lr_lambda(cfg: TrainConfig):
 
 
 def make_source(cfg: TrainConfig, split: str, res: int | None = None, depth: bool = False,
-                self_training: tuple[str, str] | None = None, group: str = "all"):  # fmt: skip
-    """The training data of ``cfg``. ``self_training`` = (multi-view group, single-view group[, pool, pool images,
-    pool depth]) pairs set A with the one-view-per-object set B (Real3D); ``group`` keeps only fewview-objects'
-    household or parametric objects."""
+                self_training: dict | None = None, group: str = "all"):  # fmt: skip
+    """The training data of ``cfg``. ``self_training`` (:class:`SelfTrainingSource`'s options: multi-view group,
+    single-view group and source) pairs set A with the one-view-per-object set B (Real3D); ``group`` keeps only
+    fewview-objects' household or parametric objects."""
     from .data import CO3DSource, ObjectsSource, SelfTrainingSource
 
     if not cfg.data:
@@ -86,9 +86,7 @@ def make_source(cfg: TrainConfig, split: str, res: int | None = None, depth: boo
     if self_training is not None:
         if cfg.data_format != "objects" or depth:
             raise ValueError("self-training reads a fewview-objects folder (household objects are set B)")
-        a, b, *pool = self_training
-        opts = dict(zip(("pool", "pool_images", "pool_depth"), pool, strict=False))
-        return SelfTrainingSource(cfg.data, split, a, b, seed=cfg.seed, limit=cfg.limit_scenes or None, **opts)
+        return SelfTrainingSource(cfg.data, split, seed=cfg.seed, limit=cfg.limit_scenes or None, **self_training)
     if cfg.data_format == "objects":
         return ObjectsSource(cfg.data, split, cfg.limit_scenes or None, depth=depth, group=group)
     if group != "all":
