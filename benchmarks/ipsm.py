@@ -11,7 +11,9 @@ IPSM's weights are the official code's LLFF values, not tuned here; the step sch
     python benchmarks/ipsm.py --protocols lego-3view-val objects-3view-val --rows full --set ipsm_w_difference=0.5
 
 The ``-val`` protocols (lego's val views, the objects' val split) are where weights are chosen (``--set``
-overrides any IPSMConfig field); the others are only reported.
+overrides any IPSMConfig field); the others are only reported. Every scene's figures are kept in
+``OUT/scenes/PROTOCOL/ROW@steps=N[@FIELD=VALUE...]/SCENE.json`` and reused by later runs with the same ``OUT``,
+so a long table can be filled over several runs; the printed line says how many scenes its means cover.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from fewview.data import get_protocol
-from fewview.evaluation import evaluate_views
+from fewview.evaluation import cached_figures, evaluate_views, settings_folder
 from fewview.methods.ipsm import IPSMConfig
-from fewview.methods.protocol_run import run_protocol
+from fewview.methods.protocol_run import evaluation_targets, protocol_scenes
 from fewview.methods.scene_fit import make_fitter
 from fewview.objects.builder import load_object
 
@@ -43,20 +45,16 @@ ROWS = {
 }
 
 
-def objects_rows(root: str, ids: list[int], cfg: IPSMConfig, weights) -> dict:
-    per = []
-    for oi in ids:
-        scene = load_object(root, oi)
-        split = get_protocol("objects-3view")(oi, len(scene))
-        t = time.perf_counter()
-        state = make_fitter(scene, list(split.inputs), cfg).run(progress=False)
-        ev = scene.select(list(split.evaluation))
-        res = evaluate_views(state.render, ev.cameras, ev.composite(1.0), scene.select(list(split.inputs)).cameras,
-                             lpips_weights=weights)  # fmt: skip
-        per.append({**res["means"], "seconds": time.perf_counter() - t})
-    keys = [k for k in per[0] if k != "seconds"]
-    return {"means": {k: float(np.nanmean([p[k] for p in per])) for k in keys},
-            "seconds": float(np.mean([p["seconds"] for p in per])), "objects": ids}  # fmt: skip
+def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], cfg: IPSMConfig, weights) -> dict:
+    t = time.perf_counter()
+    fitter = make_fitter(scene_in, inputs, cfg)
+    render = fitter.run(progress=False).render
+    seconds = time.perf_counter() - t
+    gt, masks = evaluation_targets(ev_scene, tuple(ev_ids), cfg.background)
+    ev = ev_scene.select(ev_ids)
+    res = evaluate_views(render, ev.cameras, gt, scene_in.select(inputs).cameras, masks, lpips_weights=weights)
+    return {"means": res["means"], "binned": res["binned"], "seconds": seconds,
+            "timings": dict(getattr(fitter, "timings", {}))}  # fmt: skip
 
 
 def main() -> int:
@@ -90,20 +88,28 @@ def main() -> int:
             continue
         for row in args.rows:
             cfg = IPSMConfig(steps=args.steps, **{**ROWS[row], **overrides})
-            t = time.perf_counter()
+            cache = out / "scenes" / protocol / settings_folder(row, {"steps": args.steps, **overrides})
             if protocol.startswith("objects-3view"):
                 card = json.loads((Path(scene) / "card.json").read_text())
-                part = "val" if protocol.endswith("-val") else "test"
-                res = objects_rows(scene, card["splits"][part][: args.n_objects], cfg, weights)
+                per = []
+                for oi in card["splits"]["val" if protocol.endswith("-val") else "test"][: args.n_objects]:
+                    obj = load_object(scene, oi)
+                    split = get_protocol("objects-3view")(oi, len(obj))
+                    per.append(cached_figures(cache / f"{oi}.json", score, obj, list(split.inputs), obj,
+                                              list(split.evaluation), cfg, weights))  # fmt: skip
+                res = {"means": {k: float(np.nanmean([p["means"][k] for p in per])) for k in per[0]["means"]},
+                       "seconds": float(np.mean([p["seconds"] for p in per])), "per_object": per,
+                       "scenes": len(per)}  # fmt: skip
             else:
-                rec = run_protocol(scene, protocol, out / protocol / row, cfg, progress=False, refit=True,
-                                   lpips_weights=weights)  # fmt: skip
-                res = {"means": rec["means"], "seconds": rec["fit_seconds"], "binned": rec["binned"]}
-            res["wall_seconds"] = time.perf_counter() - t
+                scene_in, ev_scene, split = protocol_scenes(scene, protocol)
+                res = cached_figures(cache / f"{Path(scene).name}.json", score, scene_in, list(split.inputs), ev_scene,
+                                     list(split.evaluation), cfg, weights)  # fmt: skip
+                res = {**res, "scenes": 1}
             record["results"].setdefault(protocol, {})[row] = res
             m = res["means"]
             print(f"{protocol:14s} {row:14s} PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  "
-                  f"LPIPS {m.get('lpips_alex', float('nan')):.3f}  ({res['seconds']:.0f} s per scene)", flush=True)
+                  f"LPIPS {m.get('lpips_alex', float('nan')):.3f}  ({res['seconds']:.0f} s per scene, "
+                  f"{res['scenes']} scenes)", flush=True)  # fmt: skip
             out.mkdir(parents=True, exist_ok=True)
             (out / "ipsm.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out / 'ipsm.json'}; reproduce: {record['command']}")

@@ -8,7 +8,7 @@ LPIPS-alex per row; the fitted rows also report their wall time.
     python benchmarks/sparsefusion.py --objects data/fewview-objects-mixed --n-objects 20
     python benchmarks/sparsefusion.py --protocols objects-2view --n-objects 2 --rows eft sparsefusion   # a subset
 
-Every scene's figures are kept in ``OUT/scenes/PROTOCOL/ROW/SCENE.json`` and reused by later runs with the same
+Every scene's figures are kept in ``OUT/scenes/PROTOCOL/ROW@SETTINGS/SCENE.json`` and reused by later runs with the same
 ``OUT`` (delete them to recompute), so a long table can be filled over several runs; the means cover the scenes
 done so far, and the printed line says how many.
 """
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fewview.data import get_protocol
-from fewview.evaluation import evaluate_views
+from fewview.evaluation import cached_figures, evaluate_views, settings_folder
 from fewview.methods.fit_config import SPARSE_PRESET, FitConfig
 from fewview.methods.protocol_run import evaluation_targets, protocol_scenes
 from fewview.methods.scene_fit import make_fitter
@@ -64,16 +64,6 @@ def config(row: str, args) -> FitConfig:
     return SparseFusionConfig(sf_model=args.model, sf_objective=FITTED[row], steps=args.steps,
                               upsample_step=args.steps // 3, sf_guidance=args.guidance,
                               sf_max_denoise_steps=args.max_denoise_steps)  # fmt: skip
-
-
-def cached(path: Path, *args) -> dict:
-    """The figures in ``path`` when a run already wrote them, else ``score(*args)``'s, written there."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    res = score(*args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1))
-    return res
 
 
 def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], row: str, args, vldm, weights) -> dict:
@@ -114,6 +104,11 @@ def main() -> int:
     out = Path(args.out)
     for protocol in args.protocols:
         for row in args.rows:
+            if row in FITTED:
+                settings = {"steps": args.steps, "max_denoise_steps": args.max_denoise_steps, "guidance": args.guidance}
+            else:
+                settings = {"sample_steps": args.sample_steps, "guidance": args.guidance}
+            cache = out / "scenes" / protocol / settings_folder(row, settings)
             if protocol == "objects-2view":
                 if not Path(args.objects).exists():
                     print(f"skipping {protocol}: {args.objects} not found", flush=True)
@@ -123,8 +118,9 @@ def main() -> int:
                 for oi in card["splits"]["test"][: args.n_objects]:
                     scene = load_object(args.objects, oi)
                     split = get_protocol(protocol)(oi, len(scene))
-                    per.append(cached(out / "scenes" / protocol / row / f"{oi}.json", scene, list(split.inputs), scene,
-                                      list(split.evaluation), row, args, vldm, weights))  # fmt: skip
+                    per.append(cached_figures(cache / f"{oi}.json", score, scene,
+                                              list(split.inputs), scene, list(split.evaluation), row, args, vldm,
+                                              weights))  # fmt: skip
                 keys = per[0]["means"].keys()
                 res = {"means": {k: float(np.nanmean([p["means"][k] for p in per])) for k in keys},
                        "seconds": float(np.mean([p["seconds"] for p in per])), "per_object": per,
@@ -135,8 +131,9 @@ def main() -> int:
                     print(f"skipping {protocol}: {path} not found", flush=True)
                     break
                 scene_in, ev_scene, split = protocol_scenes(path, protocol)
-                res = cached(out / "scenes" / protocol / row / f"{Path(path).name}.json", scene_in, list(split.inputs),
-                             ev_scene, list(split.evaluation), row, args, vldm, weights)  # fmt: skip
+                res = cached_figures(cache / f"{Path(path).name}.json", score, scene_in,
+                                     list(split.inputs), ev_scene, list(split.evaluation), row, args, vldm,
+                                     weights)  # fmt: skip
                 res = {**res, "scenes": 1}
             record["results"].setdefault(protocol, {})[row] = res
             m = res["means"]

@@ -47,6 +47,23 @@ def binned_means(values: dict[str, list], angles: Tensor) -> dict[str, dict]:
     return out
 
 
+def cached_figures(path: str | Path, score: Callable[..., dict], *args) -> dict:
+    """The figures stored in ``path`` by an earlier run, else ``score(*args)``'s, stored there (benchmarks fill long
+    tables over several runs this way)."""
+    path = Path(path)
+    if path.is_file():
+        return json.loads(path.read_text())
+    res = score(*args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def settings_folder(name: str, settings: dict) -> str:
+    """``name@key=value...``: a folder name that keeps the figures of differently configured runs apart."""
+    return "".join([name, *(f"@{k}={v}" for k, v in sorted(settings.items()))]).replace("/", "_")
+
+
 def to_uint8(img: Tensor) -> np.ndarray:
     """(3, H, W) or (1, H, W) float image in [0, 1] -> (H, W, 3) uint8."""
     a = img.detach().float().clamp(0, 1).cpu()

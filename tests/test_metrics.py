@@ -97,3 +97,21 @@ def test_fd_alexnet_is_zero_for_the_same_images_and_grows_with_blur(alex_weights
     far = fd_alexnet(x, blurred, alex_weights)
     assert abs(fd_alexnet(x, x, alex_weights)) < 1e-5 * far  # zero up to the square root's rounding
     assert far > fd_alexnet(x, x.flip(0), alex_weights)
+
+
+def test_cached_figures_scores_once_and_keeps_settings_apart(tmp_path):
+    from fewview.evaluation import cached_figures, settings_folder
+
+    calls = []
+
+    def score(x):
+        calls.append(x)
+        return {"psnr": 2.0 * x}
+
+    a = tmp_path / settings_folder("full", {"steps": 300, "ipsm_prior": "runs/p"}) / "obj.json"
+    assert a.parent.name == "full@ipsm_prior=runs_p@steps=300"
+    assert cached_figures(a, score, 1.5) == {"psnr": 3.0}
+    assert cached_figures(a, score, 99.0) == {"psnr": 3.0}  # read back, not rescored
+    b = tmp_path / settings_folder("full", {"steps": 600}) / "obj.json"
+    assert cached_figures(b, score, 2.0) == {"psnr": 4.0}
+    assert calls == [1.5, 2.0]
