@@ -88,6 +88,7 @@ def main() -> int:
     ap.add_argument("--vae-objects", type=int, default=100)
     ap.add_argument("--vae128-objects", type=int, default=40)
     ap.add_argument("--inpaint-objects", type=int, default=50)
+    ap.add_argument("--inpaint-group", default="all", help="test objects for inpainting: all | household | parametric")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
     ap.add_argument("--samples", type=int, default=4, help="samples averaged for the 'mean of samples' row")
     ap.add_argument("--out", default="bench-out/diffusion")
@@ -109,7 +110,7 @@ def main() -> int:
 
     # 2. Inpainting
     model = from_pretrained(resolve_model_dir(args.inpaint))
-    src = ObjectsSource(args.objects, "test", args.inpaint_objects, depth=True)
+    src = ObjectsSource(args.objects, "test", args.inpaint_objects, depth=True, group=args.inpaint_group)
     kinds = ("warp-object", "half", "warp")  # headline first: object pixels only (the background is white)
     imgs, unknown = {k: [] for k in kinds}, {k: [] for k in kinds}
     for s in range(len(src)):
@@ -150,7 +151,8 @@ def main() -> int:
             if isinstance(r, dict):
                 print(f"inpaint {kind:11s} mask  {name:20s} PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.4f}", flush=True)
         print(f"inpaint {kind:11s} mask  strongest baseline: {rows[kind]['strongest_baseline']}", flush=True)
-    record["inpaint"] = {"model": str(args.inpaint), "objects": len(src), "steps": args.steps, "masks": rows}
+    record["inpaint"] = {"model": str(args.inpaint), "objects": len(src), "group": args.inpaint_group,
+                         "steps": args.steps, "masks": rows}  # fmt: skip
 
     # 3. Sampling time
     x, m = torch.cat(imgs["half"])[:1], torch.cat(unknown["half"])[:1]
