@@ -12,7 +12,7 @@ IPSM's weights are the official code's LLFF values, not tuned here; the step sch
 
 The ``-val`` protocols (lego's val views, the objects' val split) are where weights are chosen (``--set``
 overrides any IPSMConfig field); the others are only reported. Every scene's figures are kept in
-``OUT/scenes/PROTOCOL/ROW@steps=N[@FIELD=VALUE...]/SCENE.json`` and reused by later runs with the same ``OUT``,
+``OUT/scenes/PROTOCOL/ROW@steps=N[@FIELD=VALUE...]@cfg=HASH/SCENE.json`` and reused by later runs with the same ``OUT``,
 so a long table can be filled over several runs; the printed line says how many scenes its means cover.
 """
 
@@ -88,7 +88,7 @@ def main() -> int:
             continue
         for row in args.rows:
             cfg = IPSMConfig(steps=args.steps, **{**ROWS[row], **overrides})
-            cache = out / "scenes" / protocol / settings_folder(row, {"steps": args.steps, **overrides})
+            cache = out / "scenes" / protocol / settings_folder(row, {"steps": args.steps, **overrides}, cfg)
             if protocol.startswith("objects-3view"):
                 card = json.loads((Path(scene) / "card.json").read_text())
                 per = []

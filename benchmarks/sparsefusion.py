@@ -108,7 +108,8 @@ def main() -> int:
                 settings = {"steps": args.steps, "max_denoise_steps": args.max_denoise_steps, "guidance": args.guidance}
             else:
                 settings = {"sample_steps": args.sample_steps, "guidance": args.guidance}
-            cache = out / "scenes" / protocol / settings_folder(row, settings)
+            fit_cfg = config(row, args) if row in FITTED else None
+            cache = out / "scenes" / protocol / settings_folder(row, settings, fit_cfg)
             if protocol == "objects-2view":
                 if not Path(args.objects).exists():
                     print(f"skipping {protocol}: {args.objects} not found", flush=True)

@@ -59,9 +59,17 @@ def cached_figures(path: str | Path, score: Callable[..., dict], *args) -> dict:
     return res
 
 
-def settings_folder(name: str, settings: dict) -> str:
-    """``name@key=value...``: a folder name that keeps the figures of differently configured runs apart."""
-    return "".join([name, *(f"@{k}={v}" for k, v in sorted(settings.items()))]).replace("/", "_")
+def settings_folder(name: str, settings: dict, config=None) -> str:
+    """``name@key=value...[@cfg=HASH]``: a folder name that keeps the figures of differently configured runs apart;
+    ``config`` (a dataclass) adds a hash of all its fields, so a changed default is a new folder too."""
+    parts = [name, *(f"@{k}={v}" for k, v in sorted(settings.items()))]
+    if config is not None:
+        import dataclasses
+        import hashlib
+
+        blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode()
+        parts.append(f"@cfg={hashlib.sha1(blob).hexdigest()[:8]}")
+    return "".join(parts).replace("/", "_")
 
 
 def to_uint8(img: Tensor) -> np.ndarray:

@@ -115,3 +115,7 @@ def test_cached_figures_scores_once_and_keeps_settings_apart(tmp_path):
     b = tmp_path / settings_folder("full", {"steps": 600}) / "obj.json"
     assert cached_figures(b, score, 2.0) == {"psnr": 4.0}
     assert calls == [1.5, 2.0]
+    from fewview.methods.fit_config import FitConfig
+
+    named = settings_folder("base", {}, FitConfig(steps=10))
+    assert named.startswith("base@cfg=") and named != settings_folder("base", {}, FitConfig(steps=11))

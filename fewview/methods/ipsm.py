@@ -14,7 +14,8 @@ The pipeline, one training step at a time:
 4. **IPSM**: the render is encoded by the prior's VAE and noised at t ~ U[0.25, 0.75]·T; the inpainting
    prior conditioned on the warped view (unknown where the test failed) gives ε_rect, the same model shown
    nothing gives the plain prior's ε_plain; the terms w(t)(ε_rect − ε) and w(t)(ε_rect − ε_plain), weights
-   0.2 and 2.0, with the code's w(t) = ᾱ_t (``ipsm_weighting``).
+   0.02 and 0.2 (a tenth of the official 0.2 and 2.0, chosen on validation objects and lego's val views for this
+   64² prior; docs/ipsm.md), with the code's w(t) = ᾱ_t (``ipsm_weighting``).
 5. **Depth** on the pseudo view: 1 − Pearson(rendered disparity, depth network on the render), the gradient
    flowing through the network's input as in the code; weight 0.5.
 6. **Geometry**: L1 between the render and the warped input under the strict mask; weight 2.0.
@@ -54,9 +55,9 @@ class IPSMOptions:
     ipsm_prior: str = option(default="inpaint64", metadata={"help": "inpainting prior (shipped name or folder)"})
     ipsm_depth_model: str = option(default="depth64", metadata={"help": "monocular depth network (name or folder)"})
     ipsm_guidance: str = option(default="ipsm", metadata={"help": "ipsm | rectified | sds | none"})
-    ipsm_w_rectified: float = option(default=0.2, metadata={"help": "weight of w(t)(ε_rect − ε)"})
-    ipsm_w_difference: float = option(default=2.0, metadata={"help": "weight of w(t)(ε_rect − ε_plain)"})
-    ipsm_w_sds: float = option(default=0.2, metadata={"help": "weight of SDS with the plain prior (guidance sds)"})
+    ipsm_w_rectified: float = option(default=0.02, metadata={"help": "weight of w(t)(ε_rect − ε) (code: 0.2)"})
+    ipsm_w_difference: float = option(default=0.2, metadata={"help": "weight of w(t)(ε_rect − ε_plain) (code: 2.0)"})
+    ipsm_w_sds: float = option(default=0.02, metadata={"help": "weight of SDS with the plain prior (guidance sds)"})
     ipsm_cfg: float = option(default=7.5, metadata={"help": "classifier-free guidance of the rectified prior"})
     ipsm_weighting: str = option(default="ipsm", metadata={"help": "w(t): ipsm (ᾱ_t, the code) | sds (1 − ᾱ_t)"})
     ipsm_t_min: float = option(default=0.25, metadata={"help": "smallest t / T"})
