@@ -4,7 +4,7 @@ Rows (``--rows``): base (the Gaussian sparse preset, no prior), sds (+ SDS with 
 (+ IPSM's first term only), ipsm (+ both score terms), ipsm+depth, ipsm+geometry, full (IPSM + depth +
 geometry). Protocols: mary_rose llff-3view, lego-3view and objects-3view (held-out test objects of the mixed
 fewview-objects set). PSNR / SSIM / LPIPS-alex means per row, wall time per scene; one JSON per run.
-IPSM's weights are the official code's LLFF values, not tuned here; the step schedule is scaled to 1500 steps.
+IPSMConfig's score weights were chosen on the -val protocols below (docs/ipsm.md); the schedule is scaled to 1500 steps.
 
     python benchmarks/ipsm.py --objects data/fewview-objects-mixed --n-objects 20
     python benchmarks/ipsm.py --protocols lego-3view llff-3view --rows base sds full   # a subset
