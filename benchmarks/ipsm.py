@@ -24,10 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from fewview.data import get_protocol
-from fewview.evaluation import cached_figures, evaluate_views, settings_folder
+from fewview.evaluation import cached_figures, evaluate_views, mean_figures, settings_folder
 from fewview.methods.ipsm import IPSMConfig
 from fewview.methods.protocol_run import evaluation_targets, protocol_scenes
 from fewview.methods.scene_fit import make_fitter
@@ -97,9 +95,7 @@ def main() -> int:
                     split = get_protocol("objects-3view")(oi, len(obj))
                     per.append(cached_figures(cache / f"{oi}.json", score, obj, list(split.inputs), obj,
                                               list(split.evaluation), cfg, weights))  # fmt: skip
-                res = {"means": {k: float(np.nanmean([p["means"][k] for p in per])) for k in per[0]["means"]},
-                       "seconds": float(np.mean([p["seconds"] for p in per])), "per_object": per,
-                       "scenes": len(per)}  # fmt: skip
+                res = mean_figures(per)
             else:
                 scene_in, ev_scene, split = protocol_scenes(scene, protocol)
                 res = cached_figures(cache / f"{Path(scene).name}.json", score, scene_in, list(split.inputs), ev_scene,

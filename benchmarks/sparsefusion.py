@@ -21,12 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fewview.data import get_protocol
-from fewview.evaluation import cached_figures, evaluate_views, settings_folder
+from fewview.evaluation import cached_figures, evaluate_views, mean_figures, settings_folder
 from fewview.methods.fit_config import SPARSE_PRESET, FitConfig
 from fewview.methods.protocol_run import evaluation_targets, protocol_scenes
 from fewview.methods.scene_fit import make_fitter
@@ -106,10 +105,10 @@ def main() -> int:
         for row in args.rows:
             if row in FITTED:
                 settings = {"steps": args.steps, "max_denoise_steps": args.max_denoise_steps, "guidance": args.guidance}
+                cache = out / "scenes" / protocol / settings_folder(row, settings, config(row, args))
             else:
                 settings = {"sample_steps": args.sample_steps, "guidance": args.guidance}
-            fit_cfg = config(row, args) if row in FITTED else None
-            cache = out / "scenes" / protocol / settings_folder(row, settings, fit_cfg)
+                cache = out / "scenes" / protocol / settings_folder(row, settings)
             if protocol == "objects-2view":
                 if not Path(args.objects).exists():
                     print(f"skipping {protocol}: {args.objects} not found", flush=True)
@@ -122,10 +121,7 @@ def main() -> int:
                     per.append(cached_figures(cache / f"{oi}.json", score, scene,
                                               list(split.inputs), scene, list(split.evaluation), row, args, vldm,
                                               weights))  # fmt: skip
-                keys = per[0]["means"].keys()
-                res = {"means": {k: float(np.nanmean([p["means"][k] for p in per])) for k in keys},
-                       "seconds": float(np.mean([p["seconds"] for p in per])), "per_object": per,
-                       "scenes": len(per)}  # fmt: skip
+                res = mean_figures(per)
             else:
                 path = args.lego if protocol.startswith("lego") else args.llff
                 if not Path(path).exists():

@@ -59,6 +59,12 @@ def cached_figures(path: str | Path, score: Callable[..., dict], *args) -> dict:
     return res
 
 
+def mean_figures(per: list[dict]) -> dict:
+    """Means over scenes of ``cached_figures`` results (their ``means`` and ``seconds``), with the scenes kept."""
+    return {"means": {k: float(np.nanmean([p["means"][k] for p in per])) for k in per[0]["means"]},
+            "seconds": float(np.mean([p["seconds"] for p in per])), "per_object": per, "scenes": len(per)}  # fmt: skip
+
+
 def settings_folder(name: str, settings: dict, config=None) -> str:
     """``name@key=value...[@cfg=HASH]``: a folder name that keeps the figures of differently configured runs apart;
     ``config`` (a dataclass) adds a hash of all its fields, so a changed default is a new folder too."""
