@@ -29,7 +29,7 @@ import torch
 
 from fewview.data import get_protocol
 from fewview.diffusion.masks import _nearest, reproject
-from fewview.evaluation import evaluate_views
+from fewview.evaluation import evaluate_views, mean_metrics
 from fewview.methods.dfm import DFMOptions, DFMReconstruction
 from fewview.methods.protocol_run import evaluation_targets, protocol_scenes
 from fewview.methods.recon import ModelRenderer, model_image_size
@@ -162,8 +162,7 @@ def main() -> int:
             print(f"  {name}: scene {k + 1}/{len(scenes)} in {time.perf_counter() - t0:.0f} s", flush=True)
         summary = {}
         for row in ROWS:
-            keys = per[0][row]["means"].keys()
-            means = {k: float(np.nanmean([p[row]["means"][k] for p in per])) for k in keys}
+            means = mean_metrics([p[row] for p in per])
             fake = torch.cat([p[row]["renders"] for p in per])
             real = torch.cat([p["gt"] for p in per])
             means["fd_alexnet"] = fd_alexnet(fake, real, weights) if len(real) > 1 else float("nan")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fewview.data import get_protocol
-from fewview.evaluation import evaluate_views
+from fewview.evaluation import evaluate_views, mean_metrics
 from fewview.methods.protocol_run import evaluation_targets, protocol_scenes
 from fewview.methods.recon import ModelRenderer, input_images, model_image_size
 from fewview.metrics import psnr
@@ -94,8 +94,7 @@ def main() -> int:
                     sc = load_object(args.objects, oi)
                     split = get_protocol("objects-1view")(oi, len(sc))
                     per.append(score(model, size, sc, list(split.inputs), sc, list(split.evaluation), weights))
-                keys = per[0]["means"].keys()
-                res = {"means": {k: float(np.nanmean([p["means"][k] for p in per])) for k in keys},
+                res = {"means": mean_metrics(per),
                        "inference_seconds": float(np.mean([p["inference_seconds"] for p in per])),
                        "self_consistency_psnr": float(np.mean([p["self_consistency_psnr"] for p in per])),
                        "objects": len(per)}  # fmt: skip

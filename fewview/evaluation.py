@@ -59,10 +59,15 @@ def cached_figures(path: str | Path, score: Callable[..., dict], *args) -> dict:
     return res
 
 
+def mean_metrics(per: list[dict]) -> dict[str, float]:
+    """Each metric of the scenes' ``means`` averaged over the scenes, ignoring NaN (a metric a scene lacks)."""
+    return {k: float(np.nanmean([p["means"][k] for p in per])) for k in per[0]["means"]}
+
+
 def mean_figures(per: list[dict]) -> dict:
     """Means over scenes of ``cached_figures`` results (their ``means`` and ``seconds``), with the scenes kept."""
-    return {"means": {k: float(np.nanmean([p["means"][k] for p in per])) for k in per[0]["means"]},
-            "seconds": float(np.mean([p["seconds"] for p in per])), "per_object": per, "scenes": len(per)}  # fmt: skip
+    return {"means": mean_metrics(per), "seconds": float(np.mean([p["seconds"] for p in per])), "per_object": per,
+            "scenes": len(per)}  # fmt: skip
 
 
 def settings_folder(name: str, settings: dict, config=None) -> str:

@@ -119,3 +119,14 @@ def test_cached_figures_scores_once_and_keeps_settings_apart(tmp_path):
 
     named = settings_folder("base", {}, FitConfig(steps=10))
     assert named.startswith("base@cfg=") and named != settings_folder("base", {}, FitConfig(steps=11))
+
+
+def test_mean_figures_averages_scenes_ignoring_a_missing_metric():
+    from fewview.evaluation import mean_figures, mean_metrics
+
+    per = [{"means": {"psnr": 20.0, "lpips_alex": float("nan")}, "seconds": 10.0},
+           {"means": {"psnr": 24.0, "lpips_alex": 0.2}, "seconds": 30.0}]  # fmt: skip
+    assert mean_metrics(per) == {"psnr": 22.0, "lpips_alex": 0.2}
+    res = mean_figures(per)
+    assert res["means"] == {"psnr": 22.0, "lpips_alex": 0.2}
+    assert res["seconds"] == 20.0 and res["scenes"] == 2 and res["per_object"] is per
