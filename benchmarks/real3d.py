@@ -6,7 +6,10 @@ objects-1view rule, evaluated on the other 31 views) and, from one view, lego-3v
 Figures: PSNR / SSIM / LPIPS-alex; the paper's self-consistency (render a novel view 90° around, re-encode it,
 render the input camera from it, PSNR against the input view); single-image inference time.
 
-    python benchmarks/real3d.py --rows lrm-a=runs/lrm-a/pretrained real3d=runs/real3d/pretrained --n-objects 20
+    python benchmarks/real3d.py --rows lrm-a=runs/real3d/lrm-a/pretrained curriculum=runs/real3d/curriculum/pretrained
+
+Rows scored by an earlier run into the same ``--out`` stay in its result file (a row scored again is replaced), so
+rows can be added as they finish training.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from fewview.pretrained import from_pretrained
 def self_consistency(model, image: torch.Tensor, cam) -> float:
     """PSNR of the input view re-rendered from a reconstruction of the view 90° around (the paper's metric)."""
     from fewview.cameras import cycle_pose
-    from fewview.models.lrm import canonical_frame
 
     c = model.config
     hw = tuple(image.shape[-2:])
@@ -46,7 +48,6 @@ def self_consistency(model, image: torch.Tensor, cam) -> float:
     keep = (rend["opacity"] > c.cycle_threshold).float()
     again = model.triplane(rend["rgb"] * keep + c.input_background * (1 - keep))
     back = model.render_image(again, cycle_pose(canon.double(), novel.double()).float(), K, hw)
-    _ = canonical_frame  # the cameras above are already in the canonical frame
     mask = (image - c.input_background).abs().sum(0, keepdim=True) > 1e-3
     target = torch.where(mask, image, torch.full_like(image, c.background))
     return float(psnr(back["rgb"], target[None]).mean())
@@ -78,10 +79,14 @@ def main() -> int:
     ap.add_argument("--lpips-weights", default="../shared/weights")
     args = ap.parse_args()
     weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
-    record: dict = {"command": " ".join(["python", *sys.argv]), "results": {}}
     out = Path(args.out)
+    # rows scored by earlier runs into the same OUT are kept; a row scored again is replaced
+    previous = out / "real3d.json"
+    record: dict = json.loads(previous.read_text()) if previous.is_file() else {"results": {}}
+    record["command"] = " ".join(["python", *sys.argv])
     rows = dict(r.split("=", 1) for r in args.rows)
     for name, folder in rows.items():
+        record.setdefault("row_commands", {})[name] = record["command"]
         model = from_pretrained(folder).eval()
         size = model_image_size(folder)
         for protocol in args.protocols:
