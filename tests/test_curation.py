@@ -326,6 +326,25 @@ def test_info_nce_has_its_closed_form():
     assert swapped > loss and acc == 0
 
 
+def test_supervised_lrm_training_reads_set_a_only(tmp_path, capsys):
+    """`fewview train lrm` without self-training reads the parametric objects (set A) only: set B's objects may be
+    read one view each, never with their multi-view renders."""
+    from fewview.cli import main as cli
+    from fewview.models.lrm import LRM, LRMConfig
+    from fewview.train import TrainConfig
+    from fewview.train.trainer import make_source
+
+    root = _mixed_root(tmp_path)
+    tc = TrainConfig(data=str(root))
+    a, everything = len(make_source(tc, "train", group="parametric")), len(make_source(tc, "train"))
+    assert 0 < a < everything and LRM(LRMConfig(**TINY_LRM)).data_group == "parametric"
+    args = ["train", "lrm", "--data", str(root), "--out", str(tmp_path / "lrm"), "--steps", "1", "--batch-size", "2",
+            "--context-min", "1", "--context-max", "1", "--eval-every", "0", "--checkpoint-every", "1", "--device",
+            "cpu", "--quiet"] + [f"--model-{k.replace('_', '-')}={v}" for k, v in TINY_LRM.items()]  # fmt: skip
+    assert cli(args) == 0
+    assert f"training lrm on {a} scenes" in capsys.readouterr().out
+
+
 def test_view_encoder_trains_on_set_a_and_serves_the_lrm_semantic_loss(tmp_path):
     """`fewview train viewenc` reads only the parametric objects (set A) and logs its InfoNCE and top-1; an LRM
     whose ``semantic_encoder`` names the trained folder uses its features, frozen and never saved with the LRM."""

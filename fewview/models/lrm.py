@@ -176,6 +176,11 @@ class LRM(nn.Module):
         return {"rgb": colour, "opacity": acc, "depth": (w * t).sum(-1)}
 
     @property
+    def data_group(self) -> str:
+        """The objects of supervised training: set A only (set B is read one view per object, when self-training)."""
+        return self.config.multi_view_group
+
+    @property
     def self_training_groups(self) -> dict | None:
         """:class:`~fewview.train.data.SelfTrainingSource`'s options (set A's group, set B's group and source) when
         self-training: the trainer then pairs A with single views of B."""
