@@ -14,6 +14,7 @@ weights and trains ``--steps-self`` more steps, adding one thing at a time, as t
 | `curriculum` | + the pose curriculum (Real3D without curation: set B's clean single views) |
 | `pool` | Real3D on set B cut out of cluttered images, uncurated |
 | `pool-curated` | Real3D on the same pool after the occlusion-based curation (depth from `depth64`) |
+| `curriculum-alexnet` | the `curriculum` row with the semantic loss on the frozen ImageNet AlexNet trunk of LPIPS |
 
 Each row is `fewview train lrm` into ``OUT/ROW`` (resumable: an interrupted row continues where its checkpoint
 left it); wall times accumulate in ``OUT/times.json``. Rows already trained to their step count are skipped.
@@ -39,11 +40,12 @@ ROWS: dict[str, list[str]] = {
     "input": SELF + NO_CYCLE + ["--model-w-semantic", "0"],
     "semantic-naive": SELF + NO_CYCLE + ["--model-semantic-reduce", "mean"],
     "semantic-max": SELF + NO_CYCLE,
-    "cycle-e2e": SELF + ["--model-no-cycle-stop-grad", "--model-no-curriculum"],
-    "cycle-sg": SELF + ["--model-no-curriculum"],
+    "cycle-e2e": SELF + ["--no-model-cycle-stop-grad", "--no-model-curriculum"],
+    "cycle-sg": SELF + ["--no-model-curriculum"],
     "curriculum": SELF,
     "pool": SELF + ["--model-single-view-source", "pool"],
     "pool-curated": SELF + ["--model-single-view-source", "pool-curated"],
+    "curriculum-alexnet": SELF + ["--model-semantic-encoder", "alexnet"],
 }
 
 
