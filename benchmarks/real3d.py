@@ -9,7 +9,10 @@ render the input camera from it, PSNR against the input view); single-image infe
     python benchmarks/real3d.py --rows lrm-a=runs/real3d/lrm-a/pretrained curriculum=runs/real3d/curriculum/pretrained
 
 Rows scored by an earlier run into the same ``--out`` stay in its result file (a row scored again is replaced), so
-rows can be added as they finish training.
+rows can be added as they finish training. Household rows keep per-object figures; ``--paired REF`` prints every
+row's difference to row REF on the same objects with its standard error:
+
+    python benchmarks/real3d.py --protocols household-1view --paired lrm-a
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ def score(model, size, scene_in, inputs, ev_scene, ev_ids, weights) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", nargs="+", required=True, help="NAME=FOLDER of trained LRMs, in table order")
+    ap.add_argument("--rows", nargs="*", default=[], help="NAME=FOLDER of trained LRMs, in table order")
+    ap.add_argument("--paired", metavar="REF", help="then print each household row's per-object difference to REF")
     ap.add_argument("--objects", default="data/fewview-objects-mixed")
     ap.add_argument("--lego", default="../shared/data/lego")
     ap.add_argument("--llff", default="../shared/data/mary_rose")
@@ -84,9 +88,12 @@ def main() -> int:
     previous = out / "real3d.json"
     record: dict = json.loads(previous.read_text()) if previous.is_file() else {"results": {}}
     record["command"] = " ".join(["python", *sys.argv])
+    old = record.get("row_commands", {})
+    if old and all(isinstance(v, str) for v in old.values()):  # the earlier layout: one command per row
+        record["row_commands"] = {p: {n: c for n, c in old.items() if n in record["results"].get(p, {})}
+                                  for p in record["results"]}  # fmt: skip
     rows = dict(r.split("=", 1) for r in args.rows)
     for name, folder in rows.items():
-        record.setdefault("row_commands", {})[name] = record["command"]
         model = from_pretrained(folder).eval()
         size = model_image_size(folder)
         for protocol in args.protocols:
@@ -100,6 +107,8 @@ def main() -> int:
                     split = get_protocol("objects-1view")(oi, len(sc))
                     per.append(score(model, size, sc, list(split.inputs), sc, list(split.evaluation), weights))
                 res = {"means": mean_metrics(per),
+                       "per_object": [{"object": oi, **p["means"], "self_consistency_psnr": p["self_consistency_psnr"]}
+                                      for oi, p in zip(ids[: len(per)], per, strict=True)],
                        "inference_seconds": float(np.mean([p["inference_seconds"] for p in per])),
                        "self_consistency_psnr": float(np.mean([p["self_consistency_psnr"] for p in per])),
                        "objects": len(per)}  # fmt: skip
@@ -111,14 +120,35 @@ def main() -> int:
                 scene_in, ev_scene, split = protocol_scenes(path, protocol)
                 res = score(model, size, scene_in, list(split.inputs)[:1], ev_scene, list(split.evaluation), weights)
             record["results"].setdefault(protocol, {})[name] = res
+            record.setdefault("row_commands", {}).setdefault(protocol, {})[name] = record["command"]
             m = res["means"]
             print(f"{protocol:16s} {name:16s} PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  LPIPS "
                   f"{m.get('lpips_alex', float('nan')):.3f}  self-consistency {res['self_consistency_psnr']:.2f} dB  "
                   f"({res['inference_seconds']:.2f} s per image)", flush=True)  # fmt: skip
             out.mkdir(parents=True, exist_ok=True)
             (out / "real3d.json").write_text(json.dumps(record, indent=1))
-    print(f"wrote {out / 'real3d.json'}; reproduce: {record['command']}")
+    if rows:
+        print(f"wrote {out / 'real3d.json'}; reproduce: {record['command']}")
+    if args.paired:
+        paired_report(record["results"].get("household-1view", {}), args.paired)
     return 0
+
+
+def paired_report(results: dict, ref: str) -> None:
+    """Each row minus ``ref`` on the same household objects: the mean difference ± its standard error."""
+    if "per_object" not in results.get(ref, {}):
+        raise SystemExit(f"row {ref!r} has no per-object figures; score it again")
+    base = {o["object"]: o for o in results[ref]["per_object"]}
+    print(f"household-1view, paired against {ref} (mean difference ± standard error over objects)")
+    for name, res in results.items():
+        if name == ref or "per_object" not in res:
+            continue
+        cells = []
+        for key, unit in (("psnr", "dB"), ("ssim", ""), ("lpips_alex", ""), ("self_consistency_psnr", "dB")):
+            d = np.array([o[key] - base[o["object"]][key] for o in res["per_object"] if o["object"] in base])
+            se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+            cells.append(f"{key} {d.mean():+.3f} ± {se:.3f}{unit and ' ' + unit}")
+        print(f"  {name:18s} " + "  ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -64,10 +64,23 @@ def mean_metrics(per: list[dict]) -> dict[str, float]:
     return {k: float(np.nanmean([p["means"][k] for p in per])) for k in per[0]["means"]}
 
 
+def pooled_bins(per: list[dict]) -> dict[str, dict]:
+    """The scenes' ``binned`` figures pooled over views: each bin's metrics averaged with the scenes' view counts as
+    weights (a bin no scene has is left out)."""
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(b for p in per for b in p.get("binned") or {}):
+        cells = [p["binned"][name] for p in per if name in (p.get("binned") or {})]
+        n = sum(c["count"] for c in cells)
+        keys = [k for k in cells[0] if k != "count"]
+        out[name] = {"count": n, **{k: float(sum(c["count"] * c[k] for c in cells) / n) for k in keys}}
+    return out
+
+
 def mean_figures(per: list[dict]) -> dict:
-    """Means over scenes of ``cached_figures`` results (their ``means`` and ``seconds``), with the scenes kept."""
-    return {"means": mean_metrics(per), "seconds": float(np.mean([p["seconds"] for p in per])), "per_object": per,
-            "scenes": len(per)}  # fmt: skip
+    """Means over scenes of ``cached_figures`` results (their ``means`` and ``seconds``), the angle bins pooled over
+    the scenes' views, with the scenes kept."""
+    return {"means": mean_metrics(per), "binned": pooled_bins(per),
+            "seconds": float(np.mean([p["seconds"] for p in per])), "per_object": per, "scenes": len(per)}  # fmt: skip
 
 
 def settings_folder(name: str, settings: dict, config=None) -> str:

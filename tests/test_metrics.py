@@ -130,3 +130,15 @@ def test_mean_figures_averages_scenes_ignoring_a_missing_metric():
     res = mean_figures(per)
     assert res["means"] == {"psnr": 22.0, "lpips_alex": 0.2}
     assert res["seconds"] == 20.0 and res["scenes"] == 2 and res["per_object"] is per
+
+
+def test_mean_figures_pools_angle_bins_over_views():
+    from fewview.evaluation import mean_figures
+
+    per = [{"means": {"psnr": 20.0}, "seconds": 1.0, "binned": {"0-15": {"count": 1, "psnr": 30.0},
+                                                                "45+": {"count": 3, "psnr": 10.0}}},
+           {"means": {"psnr": 22.0}, "seconds": 1.0, "binned": {"45+": {"count": 1, "psnr": 14.0}}}]  # fmt: skip
+    binned = mean_figures(per)["binned"]
+    assert binned["0-15"] == {"count": 1, "psnr": 30.0}
+    assert binned["45+"] == {"count": 4, "psnr": 11.0}  # (3·10 + 14) / 4
+    assert list(binned) == ["0-15", "45+"] and mean_figures([{"means": {"psnr": 1.0}, "seconds": 0.0}])["binned"] == {}
