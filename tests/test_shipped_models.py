@@ -195,7 +195,7 @@ def test_shipped_dfm_samples_scenes_that_keep_the_input_view():
 # The VLDM (SparseFusion): on held-out objects from 2 inputs (objects-2view), every third other view at 64²: PSNR of
 # its EFT's colour; of the multi-step denoise from t = 0.3 of the true view, conditioned on the EFT features (the
 # distillation's target when the field is right); of one DDIM sample (20 steps) from pure noise, which this small model
-# does poorly (right silhouettes, wrong colours; docs/sparsefusion.md). Measured: 18.59 / 24.44 / 9.99 dB on 20 views.
+# does poorly (docs/sparsefusion.md, benchmarks/vldm_noise.py). Measured: 18.59 / 24.44 / 9.99 dB on 20 views.
 VLDM_FLOORS = {"eft": 17.5, "denoise": 23.0, "sample": 8.5}
 
 
