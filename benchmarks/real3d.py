@@ -13,6 +13,7 @@ rows can be added as they finish training. Household rows keep per-object figure
 row's difference to row REF on the same objects with its standard error:
 
     python benchmarks/real3d.py --protocols household-1view --paired lrm-a
+    python benchmarks/real3d.py --pool-stats   # what the two pool rows train on
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", nargs="*", default=[], help="NAME=FOLDER of trained LRMs, in table order")
     ap.add_argument("--paired", metavar="REF", help="then print each household row's per-object difference to REF")
+    ap.add_argument(
+        "--pool-stats",
+        action="store_true",
+        help="print what the `pool` and `pool-curated` rows train on (instances, objects, ground truth)",
+    )
     ap.add_argument("--objects", default="data/fewview-objects-mixed")
     ap.add_argument("--lego", default="../shared/data/lego")
     ap.add_argument("--llff", default="../shared/data/mary_rose")
@@ -131,7 +137,23 @@ def main() -> int:
         print(f"wrote {out / 'real3d.json'}; reproduce: {record['command']}")
     if args.paired:
         paired_report(record["results"].get("household-1view", {}), args.paired)
+    if args.pool_stats:
+        pool_stats(args.objects)
     return 0
+
+
+def pool_stats(objects: str) -> None:
+    """The single-view instances the pool rows read: cut out of the cluttered images, uncurated and curated."""
+    from collections import Counter
+
+    from fewview.train.data import PoolSingleViewSource
+
+    for curated in (False, True):
+        src = PoolSingleViewSource(objects, curated=curated)
+        truth = Counter(str(t) for t in src.truth)
+        print(f"{'pool-curated' if curated else 'pool':13s} {len(src.ids)} instances of {len(set(src.ids))} objects; "
+              f"ground truth: {truth['clean']} clean, {truth['occluded']} occluded, {truth['truncated']} truncated",
+              flush=True)  # fmt: skip
 
 
 def paired_report(results: dict, ref: str) -> None:
