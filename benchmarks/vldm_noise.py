@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fewview.data import get_protocol
+from fewview.diffusion import samplers
 from fewview.metrics import psnr
 from fewview.objects.builder import load_object
 from fewview.pretrained import from_pretrained, resolve_model_dir
@@ -30,6 +31,13 @@ def main() -> int:
     ap.add_argument("--t", type=float, nargs="+", default=[0.3, 0.6, 0.8, 0.9, 0.95, 0.99])
     ap.add_argument("--max-denoise-steps", type=int, default=20)
     ap.add_argument("--sample-steps", type=int, nargs="+", default=[20, 50])
+    ap.add_argument(
+        "--clip-x0",
+        type=float,
+        nargs="*",
+        default=[10.0, 3.0],
+        help="also DDIM samples (first --sample-steps) with x̂0 clipped to ±these (the official code: 10)",
+    )
     ap.add_argument("--out", default="bench-out/vldm_noise.json")
     args = ap.parse_args()
     model = from_pretrained(resolve_model_dir(args.model)).eval()
@@ -55,6 +63,15 @@ def main() -> int:
             for steps in args.sample_steps:
                 x = model.sample(ctx, inp.cameras, ev.cameras, 1, steps, 1.0, torch.Generator().manual_seed(0))
                 scores.setdefault(f"DDIM sample, {steps} steps", []).append(float(psnr(x, gt)))
+            for clip in args.clip_x0:
+                g = torch.Generator().manual_seed(0)
+                shape = (1, model.config.latent_channels, *cond["concat"].shape[-2:])
+                with torch.no_grad():
+                    z = samplers.sample(model.denoiser(cond, 1.0), shape, model.schedule, args.sample_steps[0], "ddim",
+                                        0.0, g, model.device, clip_x0=clip)  # fmt: skip
+                    x = model.vae.decode(z).clamp(0, 1)
+                key = f"DDIM, {args.sample_steps[0]} steps, x0 clip {clip:g}"
+                scores.setdefault(key, []).append(float(psnr(x, gt)))
             white = torch.ones_like(gt)
             scores.setdefault("white image", []).append(float(psnr(white, gt)))
     means = {k: sum(v) / len(v) for k, v in scores.items()}
