@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from fewview.data import get_protocol
-from fewview.diffusion import samplers
 from fewview.metrics import psnr
 from fewview.objects.builder import load_object
 from fewview.pretrained import from_pretrained, resolve_model_dir
@@ -60,17 +59,11 @@ def main() -> int:
                     z, _ = model.multistep_denoise(z0, t, cond, generator=g, max_steps=args.max_denoise_steps)
                     x = model.vae.decode(z).clamp(0, 1)
                     scores.setdefault(f"denoise from t = {t}", []).append(float(psnr(x, gt)))
-            for steps in args.sample_steps:
-                x = model.sample(ctx, inp.cameras, ev.cameras, 1, steps, 1.0, torch.Generator().manual_seed(0))
-                scores.setdefault(f"DDIM sample, {steps} steps", []).append(float(psnr(x, gt)))
-            for clip in args.clip_x0:
+            runs = [(steps, None) for steps in args.sample_steps] + [(args.sample_steps[0], c) for c in args.clip_x0]
+            for steps, clip in runs:
                 g = torch.Generator().manual_seed(0)
-                shape = (1, model.config.latent_channels, *cond["concat"].shape[-2:])
-                with torch.no_grad():
-                    z = samplers.sample(model.denoiser(cond, 1.0), shape, model.schedule, args.sample_steps[0], "ddim",
-                                        0.0, g, model.device, clip_x0=clip)  # fmt: skip
-                    x = model.vae.decode(z).clamp(0, 1)
-                key = f"DDIM, {args.sample_steps[0]} steps, x0 clip {clip:g}"
+                x = model.sample(ctx, inp.cameras, ev.cameras, 1, steps, 1.0, g, clip_x0=clip)
+                key = f"DDIM sample, {steps} steps" if clip is None else f"DDIM, {steps} steps, x0 clip {clip:g}"
                 scores.setdefault(key, []).append(float(psnr(x, gt)))
             white = torch.ones_like(gt)
             scores.setdefault("white image", []).append(float(psnr(white, gt)))

@@ -244,13 +244,13 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def sample_latents(self, cond: dict, n: int, steps: int = 50, method: str = "ddim", eta: float = 0.0,
                        guidance: float = 1.0, generator: torch.Generator | None = None,
-                       progress: bool = False) -> Tensor:  # fmt: skip
+                       progress: bool = False, clip_x0: float | None = None) -> Tensor:  # fmt: skip
         c = self.config
         shape = (n, c.latent_channels, c.latent_size, c.latent_size)
         if cond.get("concat") is not None:
             shape = (n, c.latent_channels, *cond["concat"].shape[-2:])
         return samplers.sample(self.denoiser(cond, guidance), shape, self.schedule, steps, method, eta, generator,
-                               self.device, progress=progress)  # fmt: skip
+                               self.device, clip_x0=clip_x0, progress=progress)  # fmt: skip
 
     @torch.no_grad()
     def inpaint(self, images: Tensor, masks: Tensor, steps: int = 50, method: str = "ddim", eta: float = 0.0,

@@ -131,11 +131,13 @@ class VLDM(LatentDiffusion):
 
     @torch.no_grad()
     def sample(self, context: Tensor, context_cams: Cameras, target: Cameras, n: int = 1, steps: int = 50,
-               guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
-        """``n`` DDIM samples (n,3,H,W) of the target camera's view given the context views."""
+               guidance: float = 1.0, generator: torch.Generator | None = None,
+               clip_x0: float | None = None) -> Tensor:  # fmt: skip
+        """``n`` DDIM samples (n,3,H,W) of the target camera's view given the context views (``clip_x0`` clips the
+        clean estimate to ±clip_x0 at every step)."""
         cond, _ = self.condition(context, context_cams, target)
         cond = {"concat": cond["concat"].expand(n, -1, -1, -1)}
-        z = self.sample_latents(cond, n, steps, "ddim", 0.0, guidance, generator)
+        z = self.sample_latents(cond, n, steps, "ddim", 0.0, guidance, generator, clip_x0=clip_x0)
         return self.vae.decode(z).clamp(0, 1)
 
     @torch.no_grad()
