@@ -7,6 +7,9 @@ LPIPS-alex per row; the fitted rows also report their wall time.
 
     python benchmarks/sparsefusion.py --objects data/fewview-objects-mixed --n-objects 20
     python benchmarks/sparsefusion.py --protocols objects-2view --n-objects 2 --rows eft sparsefusion   # a subset
+    python benchmarks/sparsefusion.py --protocols objects-2view --split val --rows sparsefusion --t-max 0.9  # choose
+
+Hyperparameters are chosen with ``--split val`` (validation objects), never on the test objects the table reports.
 
 Every scene's figures are kept in ``OUT/scenes/PROTOCOL/ROW@SETTINGS/SCENE.json`` and reused by later runs with the same
 ``OUT`` (delete them to recompute), so a long table can be filled over several runs; the means cover the scenes
@@ -62,7 +65,7 @@ def config(row: str, args) -> FitConfig:
         return FitConfig(**{**SPARSE_PRESET, "steps": args.steps, "upsample_step": args.steps // 3})
     return SparseFusionConfig(sf_model=args.model, sf_objective=FITTED[row], steps=args.steps,
                               upsample_step=args.steps // 3, sf_guidance=args.guidance,
-                              sf_max_denoise_steps=args.max_denoise_steps)  # fmt: skip
+                              sf_max_denoise_steps=args.max_denoise_steps, sf_t_max=args.t_max)  # fmt: skip
 
 
 def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], row: str, args, vldm, weights) -> dict:
@@ -94,13 +97,24 @@ def main() -> int:
     ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the VLDM rows")
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--max-denoise-steps", type=int, default=50, help="SparseFusion's cap of PLMS steps (paper: 50)")
+    ap.add_argument("--t-max", type=float, default=0.99, help="SparseFusion's largest t drawn (paper: 0.99)")
+    ap.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="objects-2view's objects: the held-out test objects, or validation objects to choose on",
+    )
     ap.add_argument("--out", default="bench-out/sparsefusion")
     ap.add_argument("--lpips-weights", default="../shared/weights")
     args = ap.parse_args()
     weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
     vldm = from_pretrained(resolve_model_dir(args.model)).eval()
-    record: dict = {"command": " ".join(["python", *sys.argv]), "results": {}}
     out = Path(args.out)
+    command = " ".join(["python", *sys.argv])
+    # Runs with different rows, protocols or settings add to one record; each row keeps the command that scored it.
+    record_path = out / "sparsefusion.json"
+    record: dict = json.loads(record_path.read_text()) if record_path.is_file() else {"results": {}}
+    record.pop("command", None)
     for protocol in args.protocols:
         for row in args.rows:
             if row in FITTED:
@@ -115,7 +129,7 @@ def main() -> int:
                     break
                 card = json.loads((Path(args.objects) / "card.json").read_text())
                 per = []
-                for oi in card["splits"]["test"][: args.n_objects]:
+                for oi in card["splits"][args.split][: args.n_objects]:
                     scene = load_object(args.objects, oi)
                     split = get_protocol(protocol)(oi, len(scene))
                     per.append(cached_figures(cache / f"{oi}.json", score, scene,
@@ -132,14 +146,16 @@ def main() -> int:
                                      list(split.inputs), ev_scene, list(split.evaluation), row, args, vldm,
                                      weights)  # fmt: skip
                 res = {**res, "scenes": 1}
-            record["results"].setdefault(protocol, {})[row] = res
+            label = protocol if args.split == "test" or not protocol.startswith("objects") else f"{protocol}-val"
+            key = row if row != "sparsefusion" or args.t_max == 0.99 else f"{row}@t_max={args.t_max}"
+            record["results"].setdefault(label, {})[key] = {**res, "command": command}
             m = res["means"]
-            print(f"{protocol:14s} {row:13s} PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  "
+            print(f"{label:18s} {key:13s} PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  "
                   f"LPIPS {m.get('lpips_alex', float('nan')):.3f}  ({res['seconds']:.0f} s per scene, "
                   f"{res['scenes']} scenes)", flush=True)  # fmt: skip
             out.mkdir(parents=True, exist_ok=True)
-            (out / "sparsefusion.json").write_text(json.dumps(record, indent=1))
-    print(f"wrote {out / 'sparsefusion.json'}; reproduce: {record['command']}")
+            record_path.write_text(json.dumps(record, indent=1))
+    print(f"wrote {record_path}; reproduce: {command}")
     return 0
 
 

@@ -28,5 +28,9 @@ def test_every_row_parses_and_differs_from_the_previous_by_what_it_adds():
     assert sg.cycle_stop_grad and not sg.curriculum
     assert cur.cycle_stop_grad and cur.curriculum and cur.single_view_source == LRMConfig().single_view_source
     assert c["pool"].single_view_source == "pool" and c["pool-curated"].single_view_source == "pool-curated"
-    assert c["curriculum-alexnet"].semantic_encoder == "alexnet"
-    assert c["curriculum"].semantic_encoder == LRMConfig().semantic_encoder != "alexnet"
+    assert c["curriculum-alexnet"].semantic_encoder == LRMConfig().semantic_encoder == "alexnet"
+    alex = {**vars(c["curriculum-alexnet"]), "semantic_encoder": "viewenc"}
+    assert alex == vars(cur) and all(c[r].semantic_encoder == "viewenc" for r in real3d_train.ROWS if r in SEMANTIC)
+
+
+SEMANTIC = ["semantic-naive", "semantic-max", "cycle-e2e", "cycle-sg", "curriculum", "pool", "pool-curated"]

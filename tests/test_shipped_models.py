@@ -254,9 +254,10 @@ def test_shipped_view_encoder_recognises_objects_across_views():
 
 # The LRM (A-only) and Real3D (self-trained on household single views), from one input view (objects-1view, on
 # grey) of held-out objects: PSNR on every third other view, on white. Measured: lrm 15.98 dB (15.73, 16.23; the
-# white background alone: 11.97); real3d 15.11 (14.60, 15.62): these are set A's kind of object, which its
-# self-training on household single views trades away a little. docs/real3d.md has the household objects' benchmark.
-LRM_FLOORS = {"lrm": 15.5, "real3d": 14.6}
+# white background alone: 11.97); real3d 15.34 (14.91, 15.77; the view-encoder `curriculum` row: 15.11): these are
+# set A's kind of object, which its self-training on household single views trades away a little. docs/real3d.md has
+# the household objects' benchmark.
+LRM_FLOORS = {"lrm": 15.5, "real3d": 14.8}
 
 
 @pytest.mark.parametrize("name", sorted(LRM_FLOORS))

@@ -17,8 +17,8 @@ reads a batch of single-view objects (set B, ``Batch.single``: the query is the 
   gradient*, its alpha thresholded at 0.5 and composited on grey, re-encoded, and the original camera rendered from
   it (canon · novel⁻¹ · canon) and supervised with the original image and mask: colour ×20, LPIPS ×10, mask ×10;
 - semantic loss: −cos(f(novel), f(input)) with f a frozen image encoder (CLIP cannot be had here): by default the
-  view-invariant encoder trained on set A (:mod:`fewview.models.viewenc`, shipped as ``viewenc``), or the ImageNet
-  AlexNet trunk (``semantic_encoder="alexnet"``: pooled conv5, the LPIPS trunk), reduced by the max over
+  ImageNet AlexNet trunk (``semantic_encoder="alexnet"``: pooled conv5, the LPIPS trunk), or the view-invariant
+  encoder trained on set A (:mod:`fewview.models.viewenc`, shipped as ``viewenc``), reduced by the max over
   ``semantic_views`` novel views (the least similar one), or
   their mean (``semantic_reduce="mean"``, the naive variant). The novel views are drawn as the official
   ``constraint2_elevation``: azimuth in [0°, 120°] ∪ [240°, 360°], elevation in [0°, 45°] ∪ [315°, 360°], the last
@@ -80,7 +80,7 @@ class LRMConfig:
     semantic_views: int = 4
     semantic_size: int = 32  # render side of the semantic views (upsampled to 64 for the encoder)
     semantic_reduce: str = "max"  # max: the least similar view (Real3D) | mean: every view (naive)
-    semantic_encoder: str = "viewenc"  # the shipped view encoder (or another viewenc folder) | alexnet
+    semantic_encoder: str = "alexnet"  # alexnet | viewenc (the shipped view encoder) | a viewenc folder
 
 
 def canonical_frame(input_c2w: Tensor, distance: float = 3.0) -> Tensor:
