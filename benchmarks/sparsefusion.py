@@ -84,6 +84,17 @@ def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], row: str, ar
     return {"means": res["means"], "binned": res["binned"], "seconds": time.perf_counter() - t, "timings": timings}
 
 
+def time_split(scenes: list[dict]) -> dict[str, float]:
+    """Mean seconds per scene of the fitter's phases; ``backward`` is the steps' time outside the named phases
+    (backward pass and update)."""
+    split = {}
+    for k in ("cache", "render", "encode", "denoise", "decode", "step"):
+        vals = [s.get("timings", {}).get(k, 0.0) for s in scenes]
+        split[k] = sum(vals) / len(vals)
+    split["backward"] = split["step"] - split["render"] - split["encode"] - split["denoise"] - split["decode"]
+    return split if split["step"] > 0 else {}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", default="data/fewview-objects-mixed")
@@ -149,11 +160,16 @@ def main() -> int:
             label = protocol if args.split == "test" or not protocol.startswith("objects") else f"{protocol}-val"
             key = row if row != "sparsefusion" or args.t_max == 0.99 else f"{row}@t_max={args.t_max}"
             record["results"].setdefault(label, {})[key] = {**res, "command": command}
+            split = time_split(res.get("per_object", [res]))
+            if split:
+                res["time_split"] = split
             m = res["means"]
             print(f"{label:18s} {key:13s} PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  "
                   f"LPIPS {m.get('lpips_alex', float('nan')):.3f}  ({res['seconds']:.0f} s per scene, "
                   f"{res['scenes']} scenes)", flush=True)  # fmt: skip
             out.mkdir(parents=True, exist_ok=True)
+            if split:
+                print("    seconds per scene: " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()), flush=True)
             record_path.write_text(json.dumps(record, indent=1))
     print(f"wrote {record_path}; reproduce: {command}")
     return 0

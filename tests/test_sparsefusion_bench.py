@@ -1,0 +1,39 @@
+"""benchmarks/sparsefusion.py: its options reach the fitted rows' configs and keep their cached figures apart."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from fewview.evaluation import settings_folder
+
+_SCRIPT = Path(__file__).parents[1] / "benchmarks" / "sparsefusion.py"
+_spec = importlib.util.spec_from_file_location("sparsefusion_bench", _SCRIPT)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def args(**kw):
+    base = {"model": "vldm", "steps": 300, "guidance": 1.0, "max_denoise_steps": 5, "t_max": 0.99}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_fitted_rows_get_their_objective_and_the_chosen_t_max():
+    for row, objective in bench.FITTED.items():
+        cfg = bench.config(row, args(t_max=0.9))
+        assert cfg.steps == 300 and cfg.upsample_step == 100
+        if objective is None:
+            assert not hasattr(cfg, "sf_objective")
+        else:
+            assert (cfg.sf_objective, cfg.sf_t_max, cfg.sf_max_denoise_steps) == (objective, 0.9, 5)
+    a, b = (settings_folder("sparsefusion", {}, bench.config("sparsefusion", args(t_max=t))) for t in (0.99, 0.9))
+    assert a != b
+
+
+def test_time_split_puts_the_unnamed_step_time_in_backward():
+    scenes = [{"timings": {"cache": 2, "render": 1, "encode": 1, "denoise": 5, "decode": 1, "step": 10}},
+              {"timings": {"cache": 0, "render": 3, "encode": 1, "denoise": 3, "decode": 1, "step": 10}}]  # fmt: skip
+    split = bench.time_split(scenes)
+    assert split["backward"] == pytest.approx(2.0) and split["denoise"] == 4 and split["cache"] == 1
+    assert bench.time_split([{"means": {}}]) == {}
