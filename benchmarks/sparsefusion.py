@@ -116,6 +116,7 @@ def main() -> int:
         help="objects-2view's objects: the held-out test objects, or validation objects to choose on",
     )
     ap.add_argument("--out", default="bench-out/sparsefusion")
+    ap.add_argument("--record", help="result file the run adds to (default OUT/sparsefusion.json)")
     ap.add_argument("--lpips-weights", default="../shared/weights")
     args = ap.parse_args()
     weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
@@ -123,7 +124,7 @@ def main() -> int:
     out = Path(args.out)
     command = " ".join(["python", *sys.argv])
     # Runs with different rows, protocols or settings add to one record; each row keeps the command that scored it.
-    record_path = out / "sparsefusion.json"
+    record_path = Path(args.record) if args.record else out / "sparsefusion.json"
     record: dict = json.loads(record_path.read_text()) if record_path.is_file() else {"results": {}}
     record.pop("command", None)
     for protocol in args.protocols:
