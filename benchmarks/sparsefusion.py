@@ -160,17 +160,15 @@ def main() -> int:
                 res = {**res, "scenes": 1}
             label = protocol if args.split == "test" or not protocol.startswith("objects") else f"{protocol}-val"
             key = row if row != "sparsefusion" or args.t_max == 0.99 else f"{row}@t_max={args.t_max}"
-            record["results"].setdefault(label, {})[key] = {**res, "command": command}
-            split = time_split(res.get("per_object", [res]))
-            if split:
-                res["time_split"] = split
+            phases = time_split(res.get("per_object", [res]))
+            record["results"].setdefault(label, {})[key] = {**res, "time_split": phases, "command": command}
             m = res["means"]
             print(f"{label:18s} {key:13s} PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  "
                   f"LPIPS {m.get('lpips_alex', float('nan')):.3f}  ({res['seconds']:.0f} s per scene, "
                   f"{res['scenes']} scenes)", flush=True)  # fmt: skip
             out.mkdir(parents=True, exist_ok=True)
-            if split:
-                print("    seconds per scene: " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()), flush=True)
+            if phases:
+                print("    seconds per scene: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), flush=True)
             record_path.write_text(json.dumps(record, indent=1))
     print(f"wrote {record_path}; reproduce: {command}")
     return 0
