@@ -38,6 +38,7 @@ from fewview.pretrained import from_pretrained, resolve_model_dir
 
 FITTED = {"field": None, "eft+field": "eft", "vldm+field": "samples", "sds": "sds", "sparsefusion": "multistep"}
 ROWS = ["field", "eft", "eft+field", "vldm", "vldm+field", "sds", "sparsefusion"]
+T_MAX = SparseFusionConfig.__dataclass_fields__["sf_t_max"].default  # the method's default (the paper's 0.99)
 
 
 def model_renderer(vldm, row: str, inputs, guidance: float, steps: int, seed: int):
@@ -108,7 +109,7 @@ def main() -> int:
     ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the VLDM rows")
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--max-denoise-steps", type=int, default=50, help="SparseFusion's cap of PLMS steps (paper: 50)")
-    ap.add_argument("--t-max", type=float, default=0.99, help="SparseFusion's largest t drawn (paper: 0.99)")
+    ap.add_argument("--t-max", type=float, default=T_MAX, help="SparseFusion's largest t drawn (paper: 0.99)")
     ap.add_argument(
         "--split",
         default="test",
@@ -159,14 +160,14 @@ def main() -> int:
                                      weights)  # fmt: skip
                 res = {**res, "scenes": 1}
             label = protocol if args.split == "test" or not protocol.startswith("objects") else f"{protocol}-val"
-            key = row if row != "sparsefusion" or args.t_max == 0.99 else f"{row}@t_max={args.t_max}"
+            key = row if row != "sparsefusion" or args.t_max == T_MAX else f"{row}@t_max={args.t_max}"
             phases = time_split(res.get("per_object", [res]))
             record["results"].setdefault(label, {})[key] = {**res, "time_split": phases, "command": command}
             m = res["means"]
             print(f"{label:18s} {key:13s} PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  "
                   f"LPIPS {m.get('lpips_alex', float('nan')):.3f}  ({res['seconds']:.0f} s per scene, "
                   f"{res['scenes']} scenes)", flush=True)  # fmt: skip
-            out.mkdir(parents=True, exist_ok=True)
+            record_path.parent.mkdir(parents=True, exist_ok=True)
             if phases:
                 print("    seconds per scene: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), flush=True)
             record_path.write_text(json.dumps(record, indent=1))
