@@ -13,7 +13,9 @@ Hyperparameters are chosen with ``--split val`` (validation objects), never on t
 
 Every scene's figures are kept in ``OUT/scenes/PROTOCOL/ROW@SETTINGS/SCENE.json`` and reused by later runs with the same
 ``OUT`` (delete them to recompute), so a long table can be filled over several runs; the means cover the scenes
-done so far, and the printed line says how many.
+done so far, and the printed line says how many. The record (``--record``) keeps each scene's figures with the
+settings folder that scored them, and a run whose ``OUT`` lacks a scene takes it from the record when the settings
+match, so a fresh clone extends a committed table instead of refitting it.
 """
 
 from __future__ import annotations
@@ -96,6 +98,19 @@ def time_split(scenes: list[dict]) -> dict[str, float]:
     return split if split["step"] > 0 else {}
 
 
+def from_record(path: Path, entry: dict, folder: str, scene: str) -> None:
+    """Write the figures of ``scene`` kept in the record's ``entry`` to the cache file ``path`` when the file is
+    missing and the entry was scored with the same settings ``folder``."""
+    if path.is_file() or entry.get("folder") != folder:
+        return
+    for fig in entry.get("per_object", [entry]):
+        if fig.get("scene") == scene:
+            kept = {k: v for k, v in fig.items() if k not in ("scene", "folder", "command", "time_split", "scenes")}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(kept, indent=1))
+            return
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", default="data/fewview-objects-mixed")
@@ -132,10 +147,14 @@ def main() -> int:
         for row in args.rows:
             if row in FITTED:
                 settings = {"steps": args.steps, "max_denoise_steps": args.max_denoise_steps, "guidance": args.guidance}
-                cache = out / "scenes" / protocol / settings_folder(row, settings, config(row, args))
+                folder = settings_folder(row, settings, config(row, args))
             else:
                 settings = {"sample_steps": args.sample_steps, "guidance": args.guidance}
-                cache = out / "scenes" / protocol / settings_folder(row, settings)
+                folder = settings_folder(row, settings)
+            cache = out / "scenes" / protocol / folder
+            label = protocol if args.split == "test" or not protocol.startswith("objects") else f"{protocol}-val"
+            key = row if row != "sparsefusion" or args.t_max == T_MAX else f"{row}@t_max={args.t_max}"
+            kept = record["results"].get(label, {}).get(key, {})
             if protocol == "objects-2view":
                 if not Path(args.objects).exists():
                     print(f"skipping {protocol}: {args.objects} not found", flush=True)
@@ -145,9 +164,10 @@ def main() -> int:
                 for oi in card["splits"][args.split][: args.n_objects]:
                     scene = load_object(args.objects, oi)
                     split = get_protocol(protocol)(oi, len(scene))
-                    per.append(cached_figures(cache / f"{oi}.json", score, scene,
-                                              list(split.inputs), scene, list(split.evaluation), row, args, vldm,
-                                              weights))  # fmt: skip
+                    from_record(cache / f"{oi}.json", kept, folder, str(oi))
+                    per.append({**cached_figures(cache / f"{oi}.json", score, scene,
+                                                 list(split.inputs), scene, list(split.evaluation), row, args, vldm,
+                                                 weights), "scene": str(oi)})  # fmt: skip
                 res = mean_figures(per)
             else:
                 path = args.lego if protocol.startswith("lego") else args.llff
@@ -155,14 +175,14 @@ def main() -> int:
                     print(f"skipping {protocol}: {path} not found", flush=True)
                     break
                 scene_in, ev_scene, split = protocol_scenes(path, protocol)
+                from_record(cache / f"{Path(path).name}.json", kept, folder, Path(path).name)
                 res = cached_figures(cache / f"{Path(path).name}.json", score, scene_in,
                                      list(split.inputs), ev_scene, list(split.evaluation), row, args, vldm,
                                      weights)  # fmt: skip
-                res = {**res, "scenes": 1}
-            label = protocol if args.split == "test" or not protocol.startswith("objects") else f"{protocol}-val"
-            key = row if row != "sparsefusion" or args.t_max == T_MAX else f"{row}@t_max={args.t_max}"
+                res = {**res, "scenes": 1, "scene": Path(path).name}
             phases = time_split(res.get("per_object", [res]))
-            record["results"].setdefault(label, {})[key] = {**res, "time_split": phases, "command": command}
+            record["results"].setdefault(label, {})[key] = {**res, "time_split": phases, "command": command,
+                                                            "folder": folder}  # fmt: skip
             m = res["means"]
             print(f"{label:18s} {key:13s} PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  "
                   f"LPIPS {m.get('lpips_alex', float('nan')):.3f}  ({res['seconds']:.0f} s per scene, "

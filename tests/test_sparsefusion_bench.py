@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,20 @@ def test_time_split_puts_the_unnamed_step_time_in_backward():
     split = bench.time_split(scenes)
     assert split["backward"] == pytest.approx(2.0) and split["denoise"] == 4 and split["cache"] == 1
     assert bench.time_split([{"means": {}}]) == {}
+
+
+def test_scene_figures_come_back_from_the_record_only_with_the_same_settings(tmp_path):
+    fig = {"means": {"psnr": 20.0}, "seconds": 3.0, "timings": {"step": 1.0}}
+    entry = {"folder": "sparsefusion@steps=300", "per_object": [{**fig, "scene": "7"}, {**fig, "scene": "9"}]}
+    bench.from_record(tmp_path / "a" / "7.json", entry, "sparsefusion@steps=1500", "7")
+    assert not (tmp_path / "a" / "7.json").exists()  # other settings: refit
+    bench.from_record(tmp_path / "a" / "8.json", entry, "sparsefusion@steps=300", "8")
+    assert not (tmp_path / "a" / "8.json").exists()  # a scene the record lacks
+    bench.from_record(tmp_path / "a" / "7.json", entry, "sparsefusion@steps=300", "7")
+    assert json.loads((tmp_path / "a" / "7.json").read_text()) == fig
+    (tmp_path / "a" / "9.json").write_text("{}")  # a scene already cached stays as it is
+    bench.from_record(tmp_path / "a" / "9.json", entry, "sparsefusion@steps=300", "9")
+    assert (tmp_path / "a" / "9.json").read_text() == "{}"
+    single = {"folder": "eft@x", "scene": "lego", **fig, "scenes": 1, "command": "c", "time_split": {}}
+    bench.from_record(tmp_path / "b" / "lego.json", single, "eft@x", "lego")
+    assert json.loads((tmp_path / "b" / "lego.json").read_text()) == fig
