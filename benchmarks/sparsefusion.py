@@ -111,6 +111,31 @@ def from_record(path: Path, entry: dict, folder: str, scene: str) -> None:
             return
 
 
+LABELS = {"field": "no prior (field, sparse preset)", "eft": "EFT alone", "eft+field": "EFT + field (mean-seeking)",
+          "vldm": "VLDM samples alone", "vldm+field": "VLDM samples + field", "sds": "SDS with the VLDM",
+          "sparsefusion": "SparseFusion"}  # fmt: skip
+
+
+def markdown(rows: dict) -> str:
+    """One protocol's rows of a record as a Markdown table (the best PSNR, SSIM and LPIPS in bold), with the
+    angle bins nearest to and farthest from the inputs as PSNR / LPIPS."""
+    best = {k: (max if k != "lpips_alex" else min)(r["means"][k] for r in rows.values()) for k in
+            ("psnr", "ssim", "lpips_alex")}  # fmt: skip
+
+    def cell(r: dict, k: str, fmt: str) -> str:
+        text = format(r["means"][k], fmt)
+        return f"**{text}**" if r["means"][k] == best[k] else text
+
+    lines = ["| row | PSNR | SSIM | LPIPS | 0-15° | 45°+ | seconds per scene | scenes |", "|---" * 8 + "|"]
+    for key, r in sorted(rows.items(), key=lambda kv: ROWS.index(kv[0].split("@")[0])):
+        bins = [r.get("binned", {}).get(b) for b in ("0-15", "45+")]
+        angle = [f"{b['psnr']:.2f} / {b['lpips_alex']:.3f}" if b else "" for b in bins]
+        metrics = [cell(r, "psnr", ".2f"), cell(r, "ssim", ".3f"), cell(r, "lpips_alex", ".3f")]
+        cells = [LABELS.get(key, key), *metrics, *angle, f"{r['seconds']:.0f}", str(r["scenes"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", default="data/fewview-objects-mixed")
@@ -134,7 +159,13 @@ def main() -> int:
     ap.add_argument("--out", default="bench-out/sparsefusion")
     ap.add_argument("--record", help="result file the run adds to (default OUT/sparsefusion.json)")
     ap.add_argument("--lpips-weights", default="../shared/weights")
+    ap.add_argument("--table", action="store_true", help="print the record's tables as Markdown and run nothing")
     args = ap.parse_args()
+    if args.table:
+        path = Path(args.record) if args.record else Path(args.out) / "sparsefusion.json"
+        for label, rows in json.loads(path.read_text())["results"].items():
+            print(f"{label}\n\n{markdown(rows)}\n")
+        return 0
     weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
     vldm = from_pretrained(resolve_model_dir(args.model)).eval()
     out = Path(args.out)

@@ -55,3 +55,15 @@ def test_scene_figures_come_back_from_the_record_only_with_the_same_settings(tmp
     single = {"folder": "eft@x", "scene": "lego", **fig, "scenes": 1, "command": "c", "time_split": {}}
     bench.from_record(tmp_path / "b" / "lego.json", single, "eft@x", "lego")
     assert json.loads((tmp_path / "b" / "lego.json").read_text()) == fig
+
+
+def test_markdown_table_orders_rows_and_marks_the_best():
+    def row(psnr, ssim, lp):
+        return {"means": {"psnr": psnr, "ssim": ssim, "lpips_alex": lp}, "seconds": 5.0, "scenes": 2,
+                "binned": {"45+": {"count": 3, "psnr": psnr - 1, "ssim": ssim, "lpips_alex": lp}}}  # fmt: skip
+
+    text = bench.markdown({"sparsefusion": row(20.0, 0.7, 0.15), "field": row(13.0, 0.8, 0.3)})
+    lines = text.splitlines()
+    assert lines[2].startswith("| no prior") and lines[3].startswith("| SparseFusion")
+    assert "| **20.00** | 0.700 | **0.150** |" in lines[3] and "| **0.800** |" in lines[2]
+    assert "| 19.00 / 0.150 |" in lines[3]
