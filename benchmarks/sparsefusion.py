@@ -88,8 +88,8 @@ def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], row: str, ar
 
 
 def time_split(scenes: list[dict]) -> dict[str, float]:
-    """Mean seconds per scene of the fitter's phases; ``backward`` is the steps' time outside the named phases
-    (backward pass and update)."""
+    """Mean seconds per scene of the fitter's phases: ``render`` is the novel view's render; ``backward`` is the
+    steps' time outside the named phases (the input-view rays' render and losses, backward pass and update)."""
     split = {}
     for k in ("cache", "render", "encode", "denoise", "decode", "step"):
         vals = [s.get("timings", {}).get(k, 0.0) for s in scenes]

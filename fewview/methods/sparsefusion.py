@@ -181,7 +181,8 @@ class SparseFusionFitter(Fitter):
         return loss, terms, out
 
     def train_step(self) -> dict[str, float]:
-        """One step; ``timings["step"]`` sums whole steps, so backward and update are step − the named phases."""
+        """One step; ``timings["step"]`` sums whole steps, so the input-view losses, backward and update are step −
+        the named phases (``render`` times the novel view only)."""
         t0 = time.perf_counter()
         terms = super().train_step()
         self.timings["step"] = self.timings.get("step", 0.0) + time.perf_counter() - t0
