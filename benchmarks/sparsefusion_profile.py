@@ -1,5 +1,5 @@
 """Where a SparseFusion distillation step spends its CPU time: torch.profiler over a few steps after the grid's
-upsampling (the costliest phase), with the operators grouped by the part of the pipeline they belong to.
+upsampling (the costliest phase): seconds per step by phase and the operators that take the most time.
 
     python benchmarks/sparsefusion_profile.py --steps 12
 
@@ -19,16 +19,6 @@ from torch.profiler import ProfilerActivity, profile
 from fewview.data import get_protocol
 from fewview.methods.sparsefusion import SparseFusionConfig, SparseFusionFitter
 from fewview.objects.builder import load_object
-
-# Operators by where they run: the field's colour MLP (matrix products on the samples and its ReLU backward), the
-# grid lookups (gathers and their scatter-add backward), the diffusion model's network, the rest.
-GROUPS = {
-    "colour MLP": ("aten::mm", "aten::threshold_backward", "aten::addmm"),
-    "grid gathers": ("aten::scatter_add_", "aten::index", "aten::_embedding_bag", "aten::_index_put_impl_",
-                     "aten::index_add_"),  # fmt: skip
-    "diffusion network": ("aten::_slow_conv2d_forward", "aten::mkldnn_convolution", "aten::native_group_norm",
-                          "aten::silu", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu"),  # fmt: skip
-}
 
 
 def main() -> int:
@@ -54,12 +44,7 @@ def main() -> int:
     wall = (time.perf_counter() - t0) / args.steps
     phases = ", ".join(f"{k} {v / args.steps:.3f}" for k, v in fitter.timings.items())
     print(f"{wall:.2f} s per step under the profiler; seconds per step by phase: {phases}")
-    ops = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in ops)
-    shares = {g: sum(e.self_cpu_time_total for e in ops if e.key in names) / total for g, names in GROUPS.items()}
-    shares["other"] = 1 - sum(shares.values())
-    print("share of self CPU time: " + ", ".join(f"{g} {s:.0%}" for g, s in shares.items()))
-    print(ops.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     return 0
 
 
