@@ -119,10 +119,13 @@ LABELS = {"field": "no prior (field, sparse preset)", "eft": "EFT alone", "eft+f
 def markdown(rows: dict) -> str:
     """One protocol's rows of a record as a Markdown table (the best PSNR, SSIM and LPIPS in bold), with the
     angle bins nearest to and farthest from the inputs as PSNR / LPIPS."""
-    best = {k: (max if k != "lpips_alex" else min)(r["means"][k] for r in rows.values()) for k in
-            ("psnr", "ssim", "lpips_alex")}  # fmt: skip
+    keys = ("psnr", "ssim", "lpips_alex")
+    best = {k: (max if k != "lpips_alex" else min)((r["means"][k] for r in rows.values() if k in r["means"]),
+                                                   default=None) for k in keys}  # fmt: skip
 
     def cell(r: dict, k: str, fmt: str) -> str:
+        if k not in r["means"]:
+            return ""  # scored without LPIPS weights
         text = format(r["means"][k], fmt)
         return f"**{text}**" if r["means"][k] == best[k] else text
 
@@ -163,6 +166,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.table:
         path = Path(args.record) if args.record else Path(args.out) / "sparsefusion.json"
+        if not path.is_file():
+            print(f"error: no record at {path}; pass --record FILE", file=sys.stderr)
+            return 2
         for label, rows in json.loads(path.read_text())["results"].items():
             print(f"{label}\n\n{markdown(rows)}\n")
         return 0

@@ -67,3 +67,6 @@ def test_markdown_table_orders_rows_and_marks_the_best():
     assert lines[2].startswith("| no prior") and lines[3].startswith("| SparseFusion")
     assert "| **20.00** | 0.700 | **0.150** |" in lines[3] and "| **0.800** |" in lines[2]
     assert "| 19.00 / 0.150 |" in lines[3]
+    no_lpips = row(14.0, 0.5, 0.2)
+    del no_lpips["means"]["lpips_alex"]
+    assert "| **14.00** | **0.500** |  |" in bench.markdown({"field": no_lpips})
