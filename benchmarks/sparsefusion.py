@@ -119,22 +119,21 @@ LABELS = {"field": "no prior (field, sparse preset)", "eft": "EFT alone", "eft+f
 def markdown(rows: dict) -> str:
     """One protocol's rows of a record as a Markdown table (the best PSNR, SSIM and LPIPS in bold), with the
     angle bins nearest to and farthest from the inputs as PSNR / LPIPS."""
-    keys = ("psnr", "ssim", "lpips_alex")
+    formats = {"psnr": ".2f", "ssim": ".3f", "lpips_alex": ".3f"}
     best = {k: (max if k != "lpips_alex" else min)((r["means"][k] for r in rows.values() if k in r["means"]),
-                                                   default=None) for k in keys}  # fmt: skip
+                                                   default=None) for k in formats}  # fmt: skip
 
-    def cell(r: dict, k: str, fmt: str) -> str:
+    def cell(r: dict, k: str) -> str:
         if k not in r["means"]:
             return ""  # scored without LPIPS weights
-        text = format(r["means"][k], fmt)
+        text = format(r["means"][k], formats[k])
         return f"**{text}**" if r["means"][k] == best[k] else text
 
     lines = ["| row | PSNR | SSIM | LPIPS | 0-15° | 45°+ | seconds per scene | scenes |", "|---" * 8 + "|"]
     for key, r in sorted(rows.items(), key=lambda kv: ROWS.index(kv[0].split("@")[0])):
         bins = [r.get("binned", {}).get(b) for b in ("0-15", "45+")]
         angle = [f"{b['psnr']:.2f} / {b['lpips_alex']:.3f}" if b else "" for b in bins]
-        metrics = [cell(r, "psnr", ".2f"), cell(r, "ssim", ".3f"), cell(r, "lpips_alex", ".3f")]
-        cells = [LABELS.get(key, key), *metrics, *angle, f"{r['seconds']:.0f}", str(r["scenes"])]
+        cells = [LABELS.get(key, key), *(cell(r, k) for k in formats), *angle, f"{r['seconds']:.0f}", str(r["scenes"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -212,11 +211,12 @@ def main() -> int:
                     print(f"skipping {protocol}: {path} not found", flush=True)
                     break
                 scene_in, ev_scene, split = protocol_scenes(path, protocol)
-                from_record(cache / f"{Path(path).name}.json", kept, folder, Path(path).name)
-                res = cached_figures(cache / f"{Path(path).name}.json", score, scene_in,
+                name = Path(path).name
+                from_record(cache / f"{name}.json", kept, folder, name)
+                res = cached_figures(cache / f"{name}.json", score, scene_in,
                                      list(split.inputs), ev_scene, list(split.evaluation), row, args, vldm,
                                      weights)  # fmt: skip
-                res = {**res, "scenes": 1, "scene": Path(path).name}
+                res = {**res, "scenes": 1, "scene": name}
             phases = time_split(res.get("per_object", [res]))
             record["results"].setdefault(label, {})[key] = {**res, "time_split": phases, "command": command,
                                                             "folder": folder}  # fmt: skip
