@@ -35,6 +35,7 @@ from fewview.methods.fit_config import SPARSE_PRESET, FitConfig
 from fewview.methods.protocol_run import evaluation_targets, protocol_scenes
 from fewview.methods.scene_fit import make_fitter
 from fewview.methods.sparsefusion import SparseFusionConfig
+from fewview.metrics import format_metrics
 from fewview.objects.builder import load_object
 from fewview.pretrained import from_pretrained, resolve_model_dir
 
@@ -120,19 +121,21 @@ def markdown(rows: dict) -> str:
     """One protocol's rows of a record as a Markdown table (the best PSNR, SSIM and LPIPS in bold), with the
     angle bins nearest to and farthest from the inputs as PSNR / LPIPS."""
     formats = {"psnr": ".2f", "ssim": ".3f", "lpips_alex": ".3f"}
-    best = {k: (max if k != "lpips_alex" else min)((r["means"][k] for r in rows.values() if k in r["means"]),
-                                                   default=None) for k in formats}  # fmt: skip
+    best = {k: (max if k != "lpips_alex" else min)((r["means"][k] for r in rows.values()
+                                                    if r["means"].get(k) is not None), default=None)
+            for k in formats}  # fmt: skip
 
     def cell(r: dict, k: str) -> str:
-        if k not in r["means"]:
-            return ""  # scored without LPIPS weights
+        if r["means"].get(k) is None:
+            return ""  # scored without LPIPS weights (None, or absent in older records)
         text = format(r["means"][k], formats[k])
         return f"**{text}**" if r["means"][k] == best[k] else text
 
     lines = ["| row | PSNR | SSIM | LPIPS | 0-15° | 45°+ | seconds per scene | scenes |", "|---" * 8 + "|"]
     for key, r in sorted(rows.items(), key=lambda kv: ROWS.index(kv[0].split("@")[0])):
         bins = [r.get("binned", {}).get(b) for b in ("0-15", "45+")]
-        angle = [f"{b['psnr']:.2f} / {b['lpips_alex']:.3f}" if b else "" for b in bins]
+        angle = [f"{b['psnr']:.2f}" + (f" / {b['lpips_alex']:.3f}" if "lpips_alex" in b else "") if b else ""
+                 for b in bins]  # fmt: skip
         cells = [LABELS.get(key, key), *(cell(r, k) for k in formats), *angle, f"{r['seconds']:.0f}", str(r["scenes"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -221,8 +224,7 @@ def main() -> int:
             record["results"].setdefault(label, {})[key] = {**res, "time_split": phases, "command": command,
                                                             "folder": folder}  # fmt: skip
             m = res["means"]
-            print(f"{label:18s} {key:13s} PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  "
-                  f"LPIPS {m.get('lpips_alex', float('nan')):.3f}  ({res['seconds']:.0f} s per scene, "
+            print(f"{label:18s} {key:13s} {format_metrics(m)}  ({res['seconds']:.0f} s per scene, "
                   f"{res['scenes']} scenes)", flush=True)  # fmt: skip
             record_path.parent.mkdir(parents=True, exist_ok=True)
             if phases:

@@ -70,3 +70,9 @@ def test_markdown_table_orders_rows_and_marks_the_best():
     no_lpips = row(14.0, 0.5, 0.2)
     del no_lpips["means"]["lpips_alex"]
     assert "| **14.00** | **0.500** |  |" in bench.markdown({"field": no_lpips})
+    # what evaluate_views writes without LPIPS weights: None in the means, no LPIPS in the angle bins
+    unscored = row(14.0, 0.5, 0.2)
+    unscored["means"].update(lpips_alex=None, lpips_unavailable="no weights")
+    del unscored["binned"]["45+"]["lpips_alex"]
+    table = bench.markdown({"field": unscored, "sparsefusion": row(20.0, 0.4, 0.1)})
+    assert "| 14.00 | **0.500** |  |  | 13.00 |" in table and "| **0.100** |" in table
