@@ -33,6 +33,7 @@ from fewview.data import get_protocol
 from fewview.evaluation import cached_figures, evaluate_views, mean_figures, settings_folder
 from fewview.methods.fit_config import SPARSE_PRESET, FitConfig
 from fewview.methods.protocol_run import evaluation_targets, protocol_scenes
+from fewview.methods.runs import resolve_device
 from fewview.methods.scene_fit import make_fitter
 from fewview.methods.sparsefusion import SparseFusionConfig
 from fewview.metrics import format_metrics
@@ -58,7 +59,7 @@ def model_renderer(vldm, row: str, inputs, guidance: float, steps: int, seed: in
         else:
             g = torch.Generator().manual_seed(seed)
             rgb = vldm.sample(ctx, ctx_cams, small, 1, steps, guidance, g)
-        rgb = F.interpolate(rgb, size=(h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1)
+        rgb = F.interpolate(rgb, size=(h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1).cpu()
         return {"rgb": rgb, "depth": torch.zeros(1, h, w), "opacity": torch.ones(1, h, w)}
 
     return render
@@ -66,8 +67,9 @@ def model_renderer(vldm, row: str, inputs, guidance: float, steps: int, seed: in
 
 def config(row: str, args) -> FitConfig:
     if FITTED[row] is None:
-        return FitConfig(**{**SPARSE_PRESET, "steps": args.steps, "upsample_step": args.steps // 3})
-    return SparseFusionConfig(sf_model=args.model, sf_objective=FITTED[row], steps=args.steps,
+        return FitConfig(**{**SPARSE_PRESET, "steps": args.steps, "upsample_step": args.steps // 3,
+                            "device": args.device})  # fmt: skip
+    return SparseFusionConfig(device=args.device, sf_model=args.model, sf_objective=FITTED[row], steps=args.steps,
                               upsample_step=args.steps // 3, sf_guidance=args.guidance,
                               sf_max_denoise_steps=args.max_denoise_steps, sf_t_max=args.t_max)  # fmt: skip
 
@@ -80,7 +82,7 @@ def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], row: str, ar
         render = model_renderer(vldm, row, inp, args.guidance, args.sample_steps, 0)
     else:
         fitter = make_fitter(scene_in, inputs, config(row, args))
-        render = fitter.run(progress=False).render
+        render = fitter.run(progress=args.progress).render
         timings = dict(getattr(fitter, "timings", {}))
     gt, masks = evaluation_targets(ev_scene, ev_ids, (1.0, 1.0, 1.0))
     ev = ev_scene.select(ev_ids)
@@ -151,6 +153,7 @@ def main() -> int:
     ap.add_argument("--rows", nargs="+", default=ROWS)
     ap.add_argument("--model", default="vldm", help="VLDM (shipped name or folder)")
     ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (the fits and the models)")
     ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the VLDM rows")
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--max-denoise-steps", type=int, default=50, help="SparseFusion's cap of PLMS steps (paper: 50)")
@@ -164,6 +167,7 @@ def main() -> int:
     ap.add_argument("--out", default="bench-out/sparsefusion")
     ap.add_argument("--record", help="result file the run adds to (default OUT/sparsefusion.json)")
     ap.add_argument("--lpips-weights", default="../shared/weights")
+    ap.add_argument("--progress", action="store_true", help="show each fit's progress bar")
     ap.add_argument("--table", action="store_true", help="print the record's tables as Markdown and run nothing")
     args = ap.parse_args()
     if args.table:
@@ -175,7 +179,9 @@ def main() -> int:
             print(f"{label}\n\n{markdown(rows)}\n")
         return 0
     weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
-    vldm = from_pretrained(resolve_model_dir(args.model)).eval()
+    dev = resolve_device(args.device)
+    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    vldm = from_pretrained(resolve_model_dir(args.model), dev).eval()
     out = Path(args.out)
     command = " ".join(["python", *sys.argv])
     # Runs with different rows, protocols or settings add to one record; each row keeps the command that scored it.
@@ -222,7 +228,7 @@ def main() -> int:
                 res = {**res, "scenes": 1, "scene": name}
             phases = time_split(res.get("per_object", [res]))
             record["results"].setdefault(label, {})[key] = {**res, "time_split": phases, "command": command,
-                                                            "folder": folder}  # fmt: skip
+                                                            "folder": folder, "device": device}  # fmt: skip
             m = res["means"]
             print(f"{label:18s} {key:13s} {format_metrics(m)}  ({res['seconds']:.0f} s per scene, "
                   f"{res['scenes']} scenes)", flush=True)  # fmt: skip

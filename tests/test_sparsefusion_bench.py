@@ -16,7 +16,8 @@ _spec.loader.exec_module(bench)
 
 
 def args(**kw):
-    base = {"model": "vldm", "steps": 300, "guidance": 1.0, "max_denoise_steps": 5, "t_max": 0.99}
+    base = {"model": "vldm", "device": "cpu", "steps": 300, "progress": False, "guidance": 1.0,
+            "max_denoise_steps": 5, "t_max": 0.99}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -76,3 +77,14 @@ def test_markdown_table_orders_rows_and_marks_the_best():
     del unscored["binned"]["45+"]["lpips_alex"]
     table = bench.markdown({"field": unscored, "sparsefusion": row(20.0, 0.4, 0.1)})
     assert "| 14.00 | **0.500** |  |  | 13.00 |" in table and "| **0.100** |" in table
+
+
+def test_device_reaches_the_fits_and_the_cpu_default_keeps_the_recorded_folders():
+    from fewview.evaluation import settings_folder
+    from fewview.methods.fit_config import SPARSE_PRESET, FitConfig
+
+    for row in ("field", "sparsefusion"):
+        assert bench.config(row, args(device="cuda")).device == "cuda"
+    # a record scored before the option existed names its folders by the config hash without it
+    old = FitConfig(**{**SPARSE_PRESET, "steps": 300, "upsample_step": 100})
+    assert settings_folder("field", {}, bench.config("field", args())) == settings_folder("field", {}, old)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -197,3 +199,15 @@ def test_recon_sparsefusion_writes_a_viewable_run(tiny_vldm, tmp_path):
     assert rc == 0
     assert (out / "turntable.mp4").is_file() and (out / "checkpoint" / "meta.json").is_file()
     assert len(list((out / "views").glob("*_rgb.png"))) == 7  # the 9 test views but the 2 inputs
+
+
+def test_phase_clock_sums_each_phase_and_returns_the_result():
+    from fewview.guidance import PhaseClock
+
+    timings: dict = {}
+    clock = PhaseClock(timings)
+    assert clock("a", lambda x, y=0: x + y, 2, y=3) == 5
+    clock("a", time.sleep, 0.01)
+    clock("b", time.sleep, 0.0)
+    assert set(timings) == {"a", "b"} and timings["a"] >= 0.01
+    assert PhaseClock(None)("a", abs, -4) == 4  # no dict: nothing is timed

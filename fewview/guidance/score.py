@@ -92,7 +92,7 @@ def multistep_terms(model, render: Tensor, cond: dict | None, t: float, noise: T
     """SparseFusion's multi-step distillation loss for ``render`` (B,3,H,W) in [0, 1]: encode it, noise the latent
     to continuous time ``t`` on the model's own schedule, denoise back in min(⌊100t⌋, max_steps) steps, decode x̂0 and
     compare: (1 − ᾱ_t)·L1(render, sg(x̂0)) and ``w_perceptual``·perceptual(render, sg(x̂0)) (LPIPS)."""
-    clock = _Clock(timings)
+    clock = PhaseClock(timings)
     with torch.no_grad():
         z = clock("encode", model.vae.encode, render.detach())
         z0, info = clock("denoise", model.multistep_denoise, z, t, cond, noise=noise, generator=generator,
@@ -105,8 +105,9 @@ def multistep_terms(model, render: Tensor, cond: dict | None, t: float, noise: T
     return terms
 
 
-class _Clock:
-    """Calls a function and adds its wall time to ``timings[name]`` (when a dict is given)."""
+class PhaseClock:
+    """Calls a function and adds its wall time to ``timings[name]`` (when a dict is given). On CUDA it synchronises
+    before and after, so a phase is charged the kernels it launched, not only their launch."""
 
     def __init__(self, timings: dict | None):
         self.timings = timings
@@ -114,8 +115,16 @@ class _Clock:
     def __call__(self, name: str, fn, *args, **kw):
         import time
 
+        if self.timings is None:
+            return fn(*args, **kw)
+        _sync()
         t0 = time.perf_counter()
         out = fn(*args, **kw)
-        if self.timings is not None:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        _sync()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
         return out
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()

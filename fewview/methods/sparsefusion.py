@@ -28,7 +28,6 @@ made at the VLDM's image size (64² for the shipped model).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from dataclasses import field as option
 from pathlib import Path
@@ -39,7 +38,7 @@ from torch import Tensor
 
 from ..cameras import Cameras, camera_rays, input_orbit, sparsefusion_trajectory
 from ..data import Scene
-from ..guidance import multistep_terms
+from ..guidance import PhaseClock, multistep_terms
 from .fit import Fitter
 from .fit_config import SPARSE_PRESET, FitConfig
 from .runs import training_images
@@ -111,9 +110,8 @@ class SparseFusionFitter(Fitter):
         self.path = distillation_path(scene, self.inputs, cfg, g).resize(size, size).to(torch.float32)
         self.size = size
         self.timings: dict[str, float] = {}  # seconds per phase, summed over this process's steps
-        t0 = time.perf_counter()
-        self.cache_eft()
-        self.timings["cache"] = time.perf_counter() - t0
+        self.clock = PhaseClock(self.timings)
+        self.clock("cache", self.cache_eft)
 
     # ---------------------------------------------------------------- EFT cache
     @torch.no_grad()
@@ -132,7 +130,8 @@ class SparseFusionFitter(Fitter):
             self.eft_rgb = torch.cat([self.vldm.vae.decode(self.vldm.sample_latents(
                 {"concat": c}, 1, self.cfg.sf_sample_steps, "ddim", 0.0, self.cfg.sf_guidance, g)).clamp(0, 1)
                 for c in self.cond])  # fmt: skip
-        self.eft_mask = ((self.eft_rgb - bg).abs().mean(1, keepdim=True) > self.cfg.sf_eft_mask).float()
+        off = (self.eft_rgb - bg.to(self.eft_rgb.device)).abs().mean(1, keepdim=True)
+        self.eft_mask = (off > self.cfg.sf_eft_mask).float()
 
     # ------------------------------------------------------------------ novel
     def render_path(self, i: int):
@@ -146,9 +145,7 @@ class SparseFusionFitter(Fitter):
     def novel_terms(self) -> dict[str, Tensor]:
         c = self.cfg
         i = int(torch.randint(0, len(self.path), (1,), generator=self.gen))
-        t0 = time.perf_counter()
-        rgb, opacity, _ = self.render_path(i)
-        self.timings["render"] = self.timings.get("render", 0.0) + time.perf_counter() - t0
+        rgb, opacity, _ = self.clock("render", self.render_path, i)
         if self.step < int(c.sf_bootstrap * c.steps) or c.sf_objective in ("eft", "samples"):
             return {"eft_colour": F.huber_loss(rgb[0], self.eft_rgb[i], delta=c.sf_huber),
                     "eft_silhouette": F.huber_loss(opacity[0], self.eft_mask[i], delta=c.sf_huber)}  # fmt: skip
@@ -183,10 +180,7 @@ class SparseFusionFitter(Fitter):
     def train_step(self) -> dict[str, float]:
         """One step; ``timings["step"]`` sums whole steps, so the input-view losses, backward and update are step −
         the named phases (``render`` times the novel view only)."""
-        t0 = time.perf_counter()
-        terms = super().train_step()
-        self.timings["step"] = self.timings.get("step", 0.0) + time.perf_counter() - t0
-        return terms
+        return self.clock("step", super().train_step)
 
     def run(self, progress: bool = True, callback=None):
         from .runs import fit_loop
