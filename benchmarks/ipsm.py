@@ -29,6 +29,7 @@ from fewview.evaluation import cached_figures, evaluate_views, mean_figures, set
 from fewview.methods.ipsm import IPSMConfig
 from fewview.methods.protocol_run import evaluation_targets, protocol_scenes
 from fewview.methods.scene_fit import make_fitter
+from fewview.metrics import format_metrics
 from fewview.objects.builder import load_object
 
 OFF = dict(ipsm_w_depth=0.0, ipsm_w_depth_pseudo=0.0, ipsm_w_geometry=0.0)
@@ -103,8 +104,7 @@ def main() -> int:
                 res = {**res, "scenes": 1}
             record["results"].setdefault(protocol, {})[row] = res
             m = res["means"]
-            print(f"{protocol:14s} {row:14s} PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  "
-                  f"LPIPS {m.get('lpips_alex', float('nan')):.3f}  ({res['seconds']:.0f} s per scene, "
+            print(f"{protocol:14s} {row:14s} {format_metrics(m)}  ({res['seconds']:.0f} s per scene, "
                   f"{res['scenes']} scenes)", flush=True)  # fmt: skip
             out.mkdir(parents=True, exist_ok=True)
             (out / "ipsm.json").write_text(json.dumps(record, indent=1))

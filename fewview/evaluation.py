@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import numbers
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,9 +60,17 @@ def cached_figures(path: str | Path, score: Callable[..., dict], *args) -> dict:
     return res
 
 
-def mean_metrics(per: list[dict]) -> dict[str, float]:
-    """Each metric of the scenes' ``means`` averaged over the scenes, ignoring NaN (a metric a scene lacks)."""
-    return {k: float(np.nanmean([p["means"][k] for p in per])) for k in per[0]["means"]}
+def mean_metrics(per: list[dict]) -> dict:
+    """Each metric of the scenes' ``means`` averaged over the scenes that have a number for it (NaN, None or a
+    missing key is left out); a metric no scene has stays None. A note beside the numbers (``lpips_unavailable``
+    of scenes scored without LPIPS weights) is kept as the first scene's."""
+    out: dict = {}
+    for k in dict.fromkeys(k for p in per for k in p["means"]):
+        vals = [p["means"].get(k) for p in per]
+        nums = [float(v) for v in vals if isinstance(v, numbers.Real) and not isinstance(v, bool) and v == v]
+        notes = [v for v in vals if v is not None and not isinstance(v, numbers.Real)]
+        out[k] = float(np.mean(nums)) if nums else (notes[0] if notes else None)
+    return out
 
 
 def pooled_bins(per: list[dict]) -> dict[str, dict]:

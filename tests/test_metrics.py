@@ -132,6 +132,19 @@ def test_mean_figures_averages_scenes_ignoring_a_missing_metric():
     assert res["seconds"] == 20.0 and res["scenes"] == 2 and res["per_object"] is per
 
 
+def test_mean_figures_of_scenes_scored_without_lpips_weights():
+    from fewview.evaluation import mean_figures
+
+    # the shape evaluate_views writes without LPIPS weights
+    note = "no LPIPS weights found"
+    per = [{"means": {"psnr": 20.0, "lpips_alex": None, "lpips_unavailable": note}, "seconds": 1.0},
+           {"means": {"psnr": 22.0, "lpips_alex": None, "lpips_unavailable": note}, "seconds": 3.0}]  # fmt: skip
+    assert mean_figures(per)["means"] == {"psnr": 21.0, "lpips_alex": None, "lpips_unavailable": note}
+    # a metric only some scenes have is the mean of those
+    per[1]["means"]["lpips_alex"] = 0.3
+    assert mean_figures(per)["means"]["lpips_alex"] == 0.3
+
+
 def test_mean_figures_pools_angle_bins_over_views():
     from fewview.evaluation import mean_figures
 
