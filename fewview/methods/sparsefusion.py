@@ -110,8 +110,12 @@ class SparseFusionFitter(Fitter):
         self.path = distillation_path(scene, self.inputs, cfg, g).resize(size, size).to(torch.float32)
         self.size = size
         self.timings: dict[str, float] = {}  # seconds per phase, summed over this process's steps
-        self.clock = PhaseClock(self.timings)
         self.clock("cache", self.cache_eft)
+
+    @property
+    def clock(self) -> PhaseClock:
+        """Adds each phase's seconds to ``self.timings``, whichever dict it holds now."""
+        return PhaseClock(self.timings)
 
     # ---------------------------------------------------------------- EFT cache
     @torch.no_grad()
