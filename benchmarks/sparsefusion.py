@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fewview.checkpoint import environment_info
 from fewview.data import get_protocol
 from fewview.evaluation import cached_figures, evaluate_views, mean_figures, settings_folder
 from fewview.methods.fit_config import SPARSE_PRESET, FitConfig
@@ -179,9 +180,8 @@ def main() -> int:
             print(f"{label}\n\n{markdown(rows)}\n")
         return 0
     weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
-    dev = resolve_device(args.device)
-    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    vldm = from_pretrained(resolve_model_dir(args.model), dev).eval()
+    env = environment_info()  # versions and machine, kept with each row (its command names the device)
+    vldm = from_pretrained(resolve_model_dir(args.model), resolve_device(args.device)).eval()
     out = Path(args.out)
     command = " ".join(["python", *sys.argv])
     # Runs with different rows, protocols or settings add to one record; each row keeps the command that scored it.
@@ -228,7 +228,7 @@ def main() -> int:
                 res = {**res, "scenes": 1, "scene": name}
             phases = time_split(res.get("per_object", [res]))
             record["results"].setdefault(label, {})[key] = {**res, "time_split": phases, "command": command,
-                                                            "folder": folder, "device": device}  # fmt: skip
+                                                            "folder": folder, "env": env}  # fmt: skip
             m = res["means"]
             print(f"{label:18s} {key:13s} {format_metrics(m)}  ({res['seconds']:.0f} s per scene, "
                   f"{res['scenes']} scenes)", flush=True)  # fmt: skip
