@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from fewview.data import get_protocol
-from fewview.evaluation import cached_figures, evaluate_views, mean_figures, settings_folder
+from fewview.evaluation import cached_figures, config_overrides, evaluate_views, mean_figures, settings_folder
 from fewview.methods.ipsm import IPSMConfig
 from fewview.methods.protocol_run import evaluation_targets, protocol_scenes
 from fewview.methods.scene_fit import make_fitter
@@ -69,13 +69,10 @@ def main() -> int:
     ap.add_argument("--lpips-weights", default="../shared/weights", help="LPIPS-alex weights file or folder")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override IPSMConfig fields")
     args = ap.parse_args()
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in IPSMConfig.__dataclass_fields__:
-            raise SystemExit(f"--set {item}: IPSMConfig has no field {key!r}")
-        kind = type(getattr(IPSMConfig(), key))
-        overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    try:
+        overrides = config_overrides(IPSMConfig, args.set)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     weights = args.lpips_weights if Path(args.lpips_weights).exists() else None
     out = Path(args.out)
     record: dict = {"command": " ".join(["python", *sys.argv]), "overrides": overrides, "results": {}}

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from fewview.checkpoint import environment_info
 from fewview.data import get_protocol
-from fewview.evaluation import cached_figures, evaluate_views, mean_figures, settings_folder
+from fewview.evaluation import cached_figures, config_overrides, evaluate_views, mean_figures, settings_folder
 from fewview.methods.fit_config import SPARSE_PRESET, FitConfig
 from fewview.methods.protocol_run import evaluation_targets, protocol_scenes
 from fewview.methods.runs import resolve_device
@@ -72,7 +72,8 @@ def config(row: str, args) -> FitConfig:
                             "device": args.device})  # fmt: skip
     return SparseFusionConfig(device=args.device, sf_model=args.model, sf_objective=FITTED[row], steps=args.steps,
                               upsample_step=args.steps // 3, sf_guidance=args.guidance,
-                              sf_max_denoise_steps=args.max_denoise_steps, sf_t_max=args.t_max)  # fmt: skip
+                              sf_max_denoise_steps=args.max_denoise_steps, sf_t_max=args.t_max,
+                              **args.overrides)  # fmt: skip
 
 
 def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], row: str, args, vldm, weights) -> dict:
@@ -170,7 +171,19 @@ def main() -> int:
     ap.add_argument("--lpips-weights", default="../shared/weights")
     ap.add_argument("--progress", action="store_true", help="show each fit's progress bar")
     ap.add_argument("--table", action="store_true", help="print the record's tables as Markdown and run nothing")
+    ap.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override SparseFusionConfig fields of the fitted prior rows (choose on --split val)",
+    )
     args = ap.parse_args()
+    try:
+        args.overrides = config_overrides(SparseFusionConfig, args.set)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.table:
         path = Path(args.record) if args.record else Path(args.out) / "sparsefusion.json"
         if not path.is_file():
@@ -199,6 +212,8 @@ def main() -> int:
             cache = out / "scenes" / protocol / folder
             label = protocol if args.split == "test" or not protocol.startswith("objects") else f"{protocol}-val"
             key = row if row != "sparsefusion" or args.t_max == T_MAX else f"{row}@t_max={args.t_max}"
+            if row in FITTED and FITTED[row] is not None:
+                key += "".join(f"@{k}={v}" for k, v in sorted(args.overrides.items()))
             kept = record["results"].get(label, {}).get(key, {})
             if protocol == "objects-2view":
                 if not Path(args.objects).exists():

@@ -22,6 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from fewview.data import get_protocol
+from fewview.evaluation import config_overrides
 from fewview.methods.sparsefusion import SparseFusionConfig, SparseFusionFitter
 from fewview.objects.builder import load_object
 from fewview.render import occupancy
@@ -36,12 +37,17 @@ def main() -> int:
     ap.add_argument("--run-first", type=int, default=0, help="fit this many steps first (0: jump to the upsampling)")
     ap.add_argument("--unet", action="store_true", help="also time single UNet calls (batch 1 and 2, 1 and 2 threads)")
     ap.add_argument("--split", default="test", choices=["test", "val"], help="the object: first test or val object")
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="override SparseFusionConfig fields")
     args = ap.parse_args()
+    try:
+        overrides = config_overrides(SparseFusionConfig, args.set)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     card = json.loads((Path(args.objects) / "card.json").read_text())
     oi = card["splits"][args.split][0]
     scene = load_object(args.objects, oi)
     split = get_protocol("objects-2view")(oi, len(scene))
-    cfg = SparseFusionConfig(steps=args.fit_steps, upsample_step=args.fit_steps // 3)
+    cfg = SparseFusionConfig(**{"steps": args.fit_steps, "upsample_step": args.fit_steps // 3, **overrides})
     fitter = SparseFusionFitter(scene, list(split.inputs), cfg)
     weights = []
     if args.run_first:

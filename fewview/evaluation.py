@@ -105,6 +105,28 @@ def settings_folder(name: str, settings: dict, config=None) -> str:
     return "".join(parts).replace("/", "_")
 
 
+def config_overrides(cls, items: list[str]) -> dict:
+    """``FIELD=VALUE`` strings (a benchmark's ``--set``) as a dict for the dataclass ``cls``, each value converted to
+    its field's type; an unknown field or a value that does not convert raises ``ValueError`` naming it."""
+    defaults = cls()
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in cls.__dataclass_fields__:
+            raise ValueError(f"--set {item}: {cls.__name__} has no field {key!r} (write FIELD=VALUE)")
+        kind = type(getattr(defaults, key))
+        if kind is bool:
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif kind in (int, float, str):
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                raise ValueError(f"--set {item}: {key} takes a {kind.__name__}") from None
+        else:
+            raise ValueError(f"--set {item}: {key} is a {kind.__name__}; only bool, int, float and str fields")
+    return out
+
+
 def to_uint8(img: Tensor) -> np.ndarray:
     """(3, H, W) or (1, H, W) float image in [0, 1] -> (H, W, 3) uint8."""
     a = img.detach().float().clamp(0, 1).cpu()

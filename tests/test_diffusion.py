@@ -358,6 +358,42 @@ def test_classifier_free_guidance(vae_dir):
         assert float((c - u).abs().max()) > 1e-3  # the condition matters
 
 
+@pytest.mark.parametrize("task", ["view", "inpaint"])
+def test_traced_unet_matches_eager_and_follows_weight_updates(vae_dir, task):
+    import copy
+
+    torch.manual_seed(3)
+    ldm = LatentDiffusion(LDMConfig(task=task, vae=str(vae_dir), **TINY_UNET)).eval()
+    cond = {"concat": torch.randn(2, ldm.concat_channels, 12, 12)}
+    if task == "view":
+        cond["context"] = torch.randn(2, 1, 16)
+
+    def both(x, t, c):
+        ldm.trace_unet = False
+        eager = ldm.denoise(x, t, **c)
+        ldm.trace_unet = True
+        return ldm.denoise(x, t, **c), eager
+
+    x, t = torch.randn(2, 4, 12, 12), torch.tensor([5, 700])
+    with torch.no_grad():
+        traced, eager = both(x, t, cond)
+        torch.testing.assert_close(traced, eager, atol=1e-6, rtol=1e-6)
+        assert len(ldm._traces) == 1
+        one = {k: v[:1] for k, v in cond.items()}
+        traced, eager = both(x[:1], 300, one)  # another batch size: a second trace
+        torch.testing.assert_close(traced, eager, atol=1e-6, rtol=1e-6)
+        assert len(ldm._traces) == 2
+        for p in ldm.unet.parameters():  # an optimiser step, in place: the trace must see it
+            p.add_(0.05 * torch.randn_like(p))
+        traced, eager = both(x, t, cond)
+        torch.testing.assert_close(traced, eager, atol=1e-6, rtol=1e-6)
+    assert len(ldm._traces) == 2
+    out = ldm.denoise(x, t, **cond)  # with gradients: the eager UNet, which autograd can train
+    assert out.grad_fn is not None
+    twin = copy.deepcopy(ldm)
+    assert twin._traces == {} and len(ldm._traces) == 2
+
+
 def tiny_train_cfg(root, **kw):
     base = dict(data=str(root), steps=2, batch_size=2, rays=8, checkpoint_every=2, eval_every=2, warmup=1,
                 context_min=1, context_max=1, device="cpu")  # fmt: skip

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fewview.evaluation import settings_folder
+from fewview.evaluation import config_overrides, settings_folder
+from fewview.methods.sparsefusion import SparseFusionConfig
 
 _SCRIPT = Path(__file__).parents[1] / "benchmarks" / "sparsefusion.py"
 _spec = importlib.util.spec_from_file_location("sparsefusion_bench", _SCRIPT)
@@ -17,7 +18,7 @@ _spec.loader.exec_module(bench)
 
 def args(**kw):
     base = {"model": "vldm", "device": "cpu", "steps": 300, "progress": False, "guidance": 1.0,
-            "max_denoise_steps": 5, "t_max": 0.99}
+            "max_denoise_steps": 5, "t_max": 0.99, "overrides": {}}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -30,6 +31,23 @@ def test_fitted_rows_get_their_objective_and_the_chosen_t_max():
         else:
             assert (cfg.sf_objective, cfg.sf_t_max, cfg.sf_max_denoise_steps) == (objective, 0.9, 5)
     a, b = (settings_folder("sparsefusion", {}, bench.config("sparsefusion", args(t_max=t))) for t in (0.99, 0.9))
+    assert a != b
+
+
+def test_set_overrides_are_typed_reach_the_prior_rows_and_get_their_own_folder():
+    items = ["step_voxels=1", "sf_path_cameras=20", "use_masks=no", "sf_path=official"]
+    over = config_overrides(SparseFusionConfig, items)
+    assert over == {"step_voxels": 1.0, "sf_path_cameras": 20, "use_masks": False, "sf_path": "official"}
+    assert isinstance(over["step_voxels"], float)
+    for bad, match in (("step_voxel=1", "no field 'step_voxel'"), ("steps", "no field"),
+                       ("steps=many", "takes a int"), ("background=0,0,0", "only bool")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            config_overrides(SparseFusionConfig, [bad])
+    cfg = bench.config("sparsefusion", args(overrides={"step_voxels": 1.0}))
+    assert cfg.step_voxels == 1.0 and cfg.steps == 300
+    assert bench.config("field", args(overrides={"step_voxels": 1.0})).step_voxels == 0.5  # the no-prior row as is
+    a, b = (settings_folder("sparsefusion", {}, bench.config("sparsefusion", args(overrides=o)))
+            for o in ({}, {"step_voxels": 1.0}))  # fmt: skip
     assert a != b
 
 
