@@ -43,11 +43,11 @@ def test_set_overrides_are_typed_reach_the_prior_rows_and_get_their_own_folder()
                        ("steps=many", "takes a int"), ("background=0,0,0", "only bool")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             config_overrides(SparseFusionConfig, [bad])
-    cfg = bench.config("sparsefusion", args(overrides={"step_voxels": 1.0}))
-    assert cfg.step_voxels == 1.0 and cfg.steps == 300
-    assert bench.config("field", args(overrides={"step_voxels": 1.0})).step_voxels == 0.5  # the no-prior row as is
+    cfg = bench.config("sparsefusion", args(overrides={"step_voxels": 0.75}))
+    assert cfg.step_voxels == 0.75 and cfg.steps == 300
+    assert bench.config("field", args(overrides={"step_voxels": 0.75})).step_voxels == 0.5  # the no-prior row as is
     a, b = (settings_folder("sparsefusion", {}, bench.config("sparsefusion", args(overrides=o)))
-            for o in ({}, {"step_voxels": 1.0}))  # fmt: skip
+            for o in ({}, {"step_voxels": 0.75}))  # fmt: skip
     assert a != b
 
 
