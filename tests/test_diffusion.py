@@ -392,6 +392,10 @@ def test_traced_unet_matches_eager_and_follows_weight_updates(vae_dir, task):
     assert out.grad_fn is not None
     twin = copy.deepcopy(ldm)
     assert twin._traces == {} and len(ldm._traces) == 2
+    with torch.no_grad():
+        for b in range(1, 11):  # many shapes keep at most 8 traces, the newest
+            ldm.denoise(torch.randn(b, 4, 12, 12), 10, **{k: v[:1].expand(b, *v.shape[1:]) for k, v in cond.items()})
+    assert len(ldm._traces) == 8 and max(k[0][0][0] for k in ldm._traces) == 10
 
 
 def tiny_train_cfg(root, **kw):

@@ -182,6 +182,9 @@ class LatentDiffusion(nn.Module):
         if key not in self._traces:
             import warnings
 
+            if len(self._traces) >= 8:  # callers use a few shapes; drop the oldest trace beyond that
+                self._traces.pop(next(iter(self._traces)))
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # diffusers' shape asserts become constants, hence the key above
                 self._traces[key] = torch.jit.trace(self.unet, args, strict=False, check_trace=False)
