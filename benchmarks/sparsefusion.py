@@ -70,10 +70,10 @@ def config(row: str, args) -> FitConfig:
     if FITTED[row] is None:
         return FitConfig(**{**SPARSE_PRESET, "steps": args.steps, "upsample_step": args.steps // 3,
                             "device": args.device})  # fmt: skip
-    return SparseFusionConfig(device=args.device, sf_model=args.model, sf_objective=FITTED[row], steps=args.steps,
-                              upsample_step=args.steps // 3, sf_guidance=args.guidance,
-                              sf_max_denoise_steps=args.max_denoise_steps, sf_t_max=args.t_max,
-                              **args.overrides)  # fmt: skip
+    options = dict(device=args.device, sf_model=args.model, sf_objective=FITTED[row], steps=args.steps,
+                   upsample_step=args.steps // 3, sf_guidance=args.guidance,
+                   sf_max_denoise_steps=args.max_denoise_steps, sf_t_max=args.t_max)  # fmt: skip
+    return SparseFusionConfig(**{**options, **args.overrides})  # --set wins over the flags
 
 
 def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], row: str, args, vldm, weights) -> dict:

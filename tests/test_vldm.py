@@ -156,6 +156,39 @@ def test_sparsefusion_terms_switch_from_bootstrap_to_distillation(tiny_vldm):
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0  # the distillation loss reaches the field
 
 
+def test_sparsefusion_bootstrap_on_a_pixel_subset_matches_those_pixels_of_the_whole_image(tiny_vldm):
+    """``sf_bootstrap_rays`` renders random pixels of the path camera; each is compared with the EFT colour and
+    silhouette of the same pixel: with a renderer that depends only on the ray, the subset's loss equals the mean
+    of the whole image's per-pixel loss over those pixels."""
+    from fewview.data import load_blender
+    from fewview.methods.sparsefusion import SparseFusionFitter
+    from fewview.render.volume import RenderOutput
+
+    scene = load_blender(EXAMPLE, "train")
+    fit = SparseFusionFitter(scene, [0, 1], sf_config(tiny_vldm, sf_bootstrap_rays=300))
+
+    def fake(o, d, perturb=False, generator=None):  # a deterministic colour and opacity per ray
+        rgb = torch.sigmoid(3 * d + o)
+        w = rgb[:, 2]
+        return RenderOutput(rgb=rgb, depth=w, opacity=rgb[:, 1], weights=w, t=w, deltas=w, ray_indices=w)
+
+    fit.state.render_rays = fake
+    seen = []
+    fit.render_path = lambda i, pixels=None, f=fit.render_path: seen.append(pixels) or f(i, pixels)
+    terms = fit.bootstrap_terms(2)
+    pixels = seen[0]
+    assert pixels is not None and len(pixels) == 300 and len(set(pixels.tolist())) == 300
+    rgb, opacity, _ = fit.render_path(2)
+    per_pixel = torch.nn.functional.huber_loss(rgb[0], fit.eft_rgb[2], delta=0.1, reduction="none").mean(0)
+    torch.testing.assert_close(terms["eft_colour"], per_pixel.flatten()[pixels].mean())
+    sil = torch.nn.functional.huber_loss(opacity[0], fit.eft_mask[2], delta=0.1, reduction="none")[0]
+    torch.testing.assert_close(terms["eft_silhouette"], sil.flatten()[pixels].mean())
+    whole = SparseFusionFitter(scene, [0, 1], sf_config(tiny_vldm))
+    whole.state.render_rays = fake
+    full = whole.bootstrap_terms(2)
+    torch.testing.assert_close(full["eft_colour"], per_pixel.mean())  # 0: the whole image
+
+
 def test_sparsefusion_never_reads_evaluation_views(tiny_vldm, monkeypatch):
     """With the default path, views other than the inputs -- their images and their cameras -- change nothing:
     replacing them with noise and NaN poses gives the same fit."""

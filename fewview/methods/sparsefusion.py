@@ -54,6 +54,8 @@ class SparseFusionOptions:
     sf_path_cameras: int = option(default=50, metadata={"help": "cameras on the distillation orbit"})
     sf_jitter: float = option(default=0.17, metadata={"help": "out-of-plane jitter of the orbit, radians"})
     sf_bootstrap: float = option(default=1 / 3, metadata={"help": "fraction of steps on the EFT's renders"})
+    sf_bootstrap_rays: int = option(default=0, metadata={
+        "help": "random pixels of the path camera rendered per bootstrap step (0: the whole image)"})
     sf_huber: float = option(default=0.1, metadata={"help": "Huber δ of the colour losses"})
     sf_w_novel: float = option(default=1.0, metadata={"help": "weight of the novel-view step"})
     sf_w_perceptual: float = option(default=0.1, metadata={"help": "LPIPS weight of the distillation loss"})
@@ -143,21 +145,42 @@ class SparseFusionFitter(Fitter):
         self.eft_mask = (off > self.cfg.sf_eft_mask).float()
 
     # ------------------------------------------------------------------ novel
-    def render_path(self, i: int):
-        """Full render (with gradient) of path camera ``i`` at the VLDM's size: (rgb (1,3,S,S), opacity, out)."""
+    def render_path(self, i: int, pixels: Tensor | None = None):
+        """Render (with gradient) of path camera ``i`` at the VLDM's size: (rgb (1,3,S,S), opacity (1,1,S,S), out);
+        with ``pixels`` (flat indices) only those: (rgb (3,P), opacity (1,P), out)."""
         rays = camera_rays(self.path[i], dtype=torch.float32)
-        o, d = rays.origins.reshape(-1, 3).to(self.device), rays.directions.reshape(-1, 3).to(self.device)
-        out = self.state.render_rays(o, d, perturb=True, generator=self.gen)
+        o, d = rays.origins.reshape(-1, 3), rays.directions.reshape(-1, 3)
+        if pixels is not None:
+            o, d = o[pixels], d[pixels]
+        out = self.state.render_rays(o.to(self.device), d.to(self.device), perturb=True, generator=self.gen)
+        if pixels is not None:
+            return out.rgb.T, out.opacity.reshape(1, -1), out
         s = self.size
         return out.rgb.reshape(1, s, s, 3).permute(0, 3, 1, 2), out.opacity.reshape(1, 1, s, s), out
+
+    def bootstrap_terms(self, i: int) -> dict[str, Tensor]:
+        """Huber to the cached EFT colour and silhouette of path camera ``i``: the whole image, or (a per-pixel loss,
+        so an unbiased estimate of it) ``sf_bootstrap_rays`` random pixels; the EFT colour is upsampled from the
+        latent grid, so a few pixels per latent cell carry all it holds."""
+        c, n = self.cfg, self.size * self.size
+        pixels = None
+        if 0 < c.sf_bootstrap_rays < n:
+            pixels = torch.randperm(n, generator=self.gen)[: c.sf_bootstrap_rays]
+        rgb, opacity, _ = self.clock("render", self.render_path, i, pixels)
+        if pixels is None:
+            rgb, opacity = rgb[0], opacity[0]
+            eft_rgb, eft_mask = self.eft_rgb[i], self.eft_mask[i]
+        else:
+            eft_rgb, eft_mask = self.eft_rgb[i].flatten(1)[:, pixels], self.eft_mask[i].flatten(1)[:, pixels]
+        return {"eft_colour": F.huber_loss(rgb, eft_rgb.to(rgb), delta=c.sf_huber),
+                "eft_silhouette": F.huber_loss(opacity, eft_mask.to(opacity), delta=c.sf_huber)}  # fmt: skip
 
     def novel_terms(self) -> dict[str, Tensor]:
         c = self.cfg
         i = int(torch.randint(0, len(self.path), (1,), generator=self.gen))
-        rgb, opacity, _ = self.clock("render", self.render_path, i)
         if self.step < int(c.sf_bootstrap * c.steps) or c.sf_objective in ("eft", "samples"):
-            return {"eft_colour": F.huber_loss(rgb[0], self.eft_rgb[i], delta=c.sf_huber),
-                    "eft_silhouette": F.huber_loss(opacity[0], self.eft_mask[i], delta=c.sf_huber)}  # fmt: skip
+            return self.bootstrap_terms(i)
+        rgb, opacity, _ = self.clock("render", self.render_path, i)
         if c.sf_objective == "sds":
             from ..guidance import ScorePrior, sds_terms
 
