@@ -44,6 +44,7 @@ from fewview.pretrained import from_pretrained, resolve_model_dir
 FITTED = {"field": None, "eft+field": "eft", "vldm+field": "samples", "sds": "sds", "sparsefusion": "multistep"}
 ROWS = ["field", "eft", "eft+field", "vldm", "vldm+field", "sds", "sparsefusion"]
 T_MAX = SparseFusionConfig.__dataclass_fields__["sf_t_max"].default  # the method's default (the paper's 0.99)
+CAP = SparseFusionConfig.__dataclass_fields__["sf_max_denoise_steps"].default  # the method's (the paper's: 50)
 
 
 def model_renderer(vldm, row: str, inputs, guidance: float, steps: int, seed: int):
@@ -158,7 +159,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (the fits and the models)")
     ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the VLDM rows")
     ap.add_argument("--sample-steps", type=int, default=50)
-    ap.add_argument("--max-denoise-steps", type=int, default=50, help="SparseFusion's cap of PLMS steps (paper: 50)")
+    ap.add_argument("--max-denoise-steps", type=int, default=CAP,
+                    help=f"SparseFusion's cap of PLMS steps (paper: 50; default: the method's, {CAP})")
     ap.add_argument("--t-max", type=float, default=T_MAX, help="SparseFusion's largest t drawn (paper: 0.99)")
     ap.add_argument(
         "--split",

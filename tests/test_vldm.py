@@ -183,7 +183,7 @@ def test_sparsefusion_bootstrap_on_a_pixel_subset_matches_those_pixels_of_the_wh
     torch.testing.assert_close(terms["eft_colour"], per_pixel.flatten()[pixels].mean())
     sil = torch.nn.functional.huber_loss(opacity[0], fit.eft_mask[2], delta=0.1, reduction="none")[0]
     torch.testing.assert_close(terms["eft_silhouette"], sil.flatten()[pixels].mean())
-    whole = SparseFusionFitter(scene, [0, 1], sf_config(tiny_vldm))
+    whole = SparseFusionFitter(scene, [0, 1], sf_config(tiny_vldm, sf_bootstrap_rays=0))
     whole.state.render_rays = fake
     full = whole.bootstrap_terms(2)
     torch.testing.assert_close(full["eft_colour"], per_pixel.mean())  # 0: the whole image

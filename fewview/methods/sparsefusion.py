@@ -12,10 +12,12 @@ The pipeline:
    and the EFT's colour (upsampled from that grid, as the official code upsamples 32² to 256²), computed once.
 3. **Input views**, every step: the field fit's colour loss on rays of the input views (with the sparse
    preset's silhouette and regularisers), plus an opacity regulariser.
-4. **EFT bootstrap**, the first ``sf_bootstrap`` of the steps: a random path camera is rendered and pulled
-   towards the cached EFT colour (Huber, δ = 0.1) and its silhouette (EFT colour off the background).
+4. **EFT bootstrap**, the first ``sf_bootstrap`` of the steps: ``sf_bootstrap_rays`` random pixels of a random path
+   camera are rendered and pulled towards the cached EFT colour (Huber, δ = 0.1) and its silhouette (EFT colour
+   off the background). The official code renders whole images; the EFT colour is upsampled from the latent grid.
 5. **Multi-step distillation**, afterwards: t ~ U(0, ``sf_t_max``) on the VLDM's own (cosine) schedule; the
-   render is encoded, noised to t, denoised back in min(⌊100t⌋, 50) PLMS steps and decoded to x̂0; the loss is
+   render is encoded, noised to t, denoised back in min(⌊100t⌋, ``sf_max_denoise_steps``) PLMS steps (the
+   paper's cap: 50; fewview's default: 10, chosen on validation objects) and decoded to x̂0; the loss is
    (1 − ᾱ_t)·L1(render, x̂0) + ``sf_w_perceptual``·LPIPS(render, x̂0).
 
 ``sf_objective`` gives the paper's Table 5 rows on the same models: ``eft`` (EFT + field: the bootstrap for all
@@ -54,14 +56,15 @@ class SparseFusionOptions:
     sf_path_cameras: int = option(default=50, metadata={"help": "cameras on the distillation orbit"})
     sf_jitter: float = option(default=0.17, metadata={"help": "out-of-plane jitter of the orbit, radians"})
     sf_bootstrap: float = option(default=1 / 3, metadata={"help": "fraction of steps on the EFT's renders"})
-    sf_bootstrap_rays: int = option(default=0, metadata={
+    sf_bootstrap_rays: int = option(default=1024, metadata={
         "help": "random pixels of the path camera rendered per bootstrap step (0: the whole image)"})
     sf_huber: float = option(default=0.1, metadata={"help": "Huber δ of the colour losses"})
     sf_w_novel: float = option(default=1.0, metadata={"help": "weight of the novel-view step"})
     sf_w_perceptual: float = option(default=0.1, metadata={"help": "LPIPS weight of the distillation loss"})
     sf_w_opacity_reg: float = option(default=1e-3, metadata={"help": "mean sqrt(w^2 + 0.01) of the ray weights"})
     sf_t_max: float = option(default=0.99, metadata={"help": "largest continuous t drawn"})
-    sf_max_denoise_steps: int = option(default=50, metadata={"help": "cap of the min(⌊100t⌋, cap) PLMS steps"})
+    sf_max_denoise_steps: int = option(default=10, metadata={
+        "help": "cap of the min(⌊100t⌋, cap) PLMS steps (paper: 50)"})  # fmt: skip
     sf_guidance: float = option(default=1.0, metadata={"help": "classifier-free guidance (official: 1, none)"})
     sf_eft_mask: float = option(default=0.1, metadata={"help": "EFT colour this far from the background = object"})
     sf_objective: str = option(default="multistep", metadata={
@@ -82,11 +85,11 @@ class SparseFusionConfig(FitConfig, SparseFusionOptions):
     w_entropy: float = option(default=SPARSE_PRESET["w_entropy"], metadata={"help": "opacity entropy"})
     w_silhouette: float = option(default=SPARSE_PRESET["w_silhouette"], metadata={"help": "mask loss"})
     w_tv: float = option(default=SPARSE_PRESET["w_tv"], metadata={"help": "total variation"})
-    # Half the sparse preset's input rays and samples per ray: on the 3 validation objects (1500 steps) 18.15 / 0.757
-    # / 0.131 against 18.10 / 0.760 / 0.128 in half the time; on lego-3view-val (300 steps) 16.33 / 0.604 / 0.395
-    # against 16.21 / 0.598 / 0.391 (benchmarks/results/sparsefusion_fast_val_cpu2.json, docs/sparsefusion.md).
+    # Half the sparse preset's input rays and a third of its samples per ray (with a cap of 10 PLMS steps and 1024
+    # bootstrap pixels): level on the 3 validation objects with the paper's cap and whole-image bootstrap in about
+    # half the time (benchmarks/results/sparsefusion_cap_val_cpu2.json, sparsefusion_fast_val_cpu2.json, docs).
     batch_rays: int = option(default=2048, metadata={"help": "input-view rays per step"})
-    step_voxels: float = option(default=1.0, metadata={"help": "march step in voxels of the final grid"})
+    step_voxels: float = option(default=1.5, metadata={"help": "march step in voxels of the final grid"})
     method: str = option(default="sparsefusion", metadata={"help": "the method this config runs"})
 
 
