@@ -77,6 +77,16 @@ def config(row: str, args) -> FitConfig:
     return SparseFusionConfig(**{**options, **args.overrides})  # --set wins over the flags
 
 
+def row_folder(row: str, args) -> str:
+    """The cache folder of a row: its settings as they ran (``--set`` applied over the flags) and its config's hash."""
+    if row not in FITTED:
+        return settings_folder(row, {"sample_steps": args.sample_steps, "guidance": args.guidance})
+    cfg = config(row, args)
+    settings = {"steps": cfg.steps, "max_denoise_steps": getattr(cfg, "sf_max_denoise_steps", args.max_denoise_steps),
+                "guidance": getattr(cfg, "sf_guidance", args.guidance)}  # fmt: skip
+    return settings_folder(row, settings, cfg)
+
+
 def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], row: str, args, vldm, weights) -> dict:
     t = time.perf_counter()
     inp = scene_in.select(inputs)
@@ -205,12 +215,7 @@ def main() -> int:
     record.pop("command", None)
     for protocol in args.protocols:
         for row in args.rows:
-            if row in FITTED:
-                settings = {"steps": args.steps, "max_denoise_steps": args.max_denoise_steps, "guidance": args.guidance}
-                folder = settings_folder(row, settings, config(row, args))
-            else:
-                settings = {"sample_steps": args.sample_steps, "guidance": args.guidance}
-                folder = settings_folder(row, settings)
+            folder = row_folder(row, args)
             cache = out / "scenes" / protocol / folder
             label = protocol if args.split == "test" or not protocol.startswith("objects") else f"{protocol}-val"
             key = row if row != "sparsefusion" or args.t_max == T_MAX else f"{row}@t_max={args.t_max}"

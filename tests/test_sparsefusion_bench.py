@@ -47,6 +47,8 @@ def test_set_overrides_are_typed_reach_the_prior_rows_and_get_their_own_folder()
     assert cfg.step_voxels == 0.75 and cfg.steps == 300
     capped = bench.config("sparsefusion", args(overrides={"sf_max_denoise_steps": 10}))
     assert capped.sf_max_denoise_steps == 10  # --set wins over the flag it shares a field with
+    assert "@max_denoise_steps=10@" in bench.row_folder("sparsefusion", args(overrides={"sf_max_denoise_steps": 10}))
+    assert "@max_denoise_steps=5@" in bench.row_folder("sparsefusion", args())  # the folder names what ran
     assert bench.config("field", args(overrides={"step_voxels": 0.75})).step_voxels == 0.5  # the no-prior row as is
     a, b = (settings_folder("sparsefusion", {}, bench.config("sparsefusion", args(overrides=o)))
             for o in ({}, {"step_voxels": 0.75}))  # fmt: skip

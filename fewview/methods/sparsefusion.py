@@ -170,13 +170,13 @@ class SparseFusionFitter(Fitter):
         if 0 < c.sf_bootstrap_rays < n:
             pixels = torch.randperm(n, generator=self.gen)[: c.sf_bootstrap_rays]
         rgb, opacity, _ = self.clock("render", self.render_path, i, pixels)
+        eft_rgb, eft_mask = self.eft_rgb[i].flatten(1), self.eft_mask[i].flatten(1)  # (3, S²), (1, S²)
         if pixels is None:
-            rgb, opacity = rgb[0], opacity[0]
-            eft_rgb, eft_mask = self.eft_rgb[i], self.eft_mask[i]
+            rgb, opacity = rgb[0].flatten(1), opacity[0].flatten(1)
         else:
-            eft_rgb, eft_mask = self.eft_rgb[i].flatten(1)[:, pixels], self.eft_mask[i].flatten(1)[:, pixels]
-        return {"eft_colour": F.huber_loss(rgb, eft_rgb.to(rgb), delta=c.sf_huber),
-                "eft_silhouette": F.huber_loss(opacity, eft_mask.to(opacity), delta=c.sf_huber)}  # fmt: skip
+            eft_rgb, eft_mask = eft_rgb[:, pixels], eft_mask[:, pixels]
+        return {"eft_colour": F.huber_loss(rgb, eft_rgb, delta=c.sf_huber),
+                "eft_silhouette": F.huber_loss(opacity, eft_mask, delta=c.sf_huber)}  # fmt: skip
 
     def novel_terms(self) -> dict[str, Tensor]:
         c = self.cfg
