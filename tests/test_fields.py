@@ -4,7 +4,7 @@ import torch
 
 from fewview.fields import DenseGridField, HashGridField, MLPField, build_field
 from fewview.fields.base import density_shift, positional_encoding, sh_encoding, softplus_density
-from fewview.fields.interp import trilinear, trilinear_reference
+from fewview.fields.interp import corner_weights, scatter_weighted, trilinear, trilinear_reference
 
 
 def test_trilinear_fast_path_equals_grid_sample_outputs_and_gradients():
@@ -20,6 +20,19 @@ def test_trilinear_fast_path_equals_grid_sample_outputs_and_gradients():
     (gr,) = torch.autograd.grad((ref * w).sum(), table)
     torch.testing.assert_close(gf, gr, atol=1e-12, rtol=0)
     assert float(gf.abs().sum()) > 0
+
+
+def test_fused_gather_backward_equals_index_add_bitwise():
+    g = torch.Generator().manual_seed(1)
+    for dtype, res, c in ((torch.float32, 12, 7), (torch.float64, 5, 1)):
+        u = torch.rand(2000, 3, generator=g, dtype=dtype)
+        idx, w = corner_weights(u, res)
+        idx, w = torch.cat([idx, idx.flip(0)], 1), torch.cat([w, w], 1)  # K = 16, rows hit many times
+        grad = torch.randn(2000, c, generator=g, dtype=dtype)
+        fused = scatter_weighted((res**3, c), idx, w, grad, fused=True)
+        ref = scatter_weighted((res**3, c), idx, w, grad, fused=False)
+        assert fused.dtype == dtype and torch.equal(fused, ref)
+        assert int((ref != 0).any(1).sum()) > res**3 // 2
 
 
 def test_trilinear_reproduces_linear_functions_exactly():

@@ -1,8 +1,10 @@
 """Trilinear interpolation of feature tables: a fast gather path and a grid_sample reference.
 
 The fast path computes the 8 corner rows and weights, gathers and sums rows of a (V, C) table with
-``F.embedding_bag`` and scatters gradients back with ``index_add_`` (a custom backward). On this CPU it is several times
-faster than 3-D ``F.grid_sample``, mostly in the backward. Both paths agree (tests).
+``F.embedding_bag`` and scatters gradients back in a custom backward: on the CPU one fused numba loop (no (N * 8, C)
+temporary; forward and backward together 2.3x faster than with the torch ops, ``benchmarks/trilinear.py``, and bitwise
+equal to them, as it adds in the same order), elsewhere ``index_add_``. On this CPU the gather is several times faster
+than 3-D ``F.grid_sample``, mostly in the backward. All paths agree (tests).
 """
 
 from __future__ import annotations
@@ -40,10 +42,25 @@ class _GatherInterp(torch.autograd.Function):
         idx, w = ctx.saved_tensors
         grad_table = None
         if ctx.needs_input_grad[0]:
-            grad_table = torch.zeros(ctx.table_shape, dtype=grad_out.dtype, device=grad_out.device)
-            contrib = (w[:, :, None] * grad_out[:, None, :]).reshape(-1, grad_out.shape[-1])
-            grad_table.index_add_(0, idx.reshape(-1), contrib)
+            grad_table = scatter_weighted(ctx.table_shape, idx, w, grad_out)
         return grad_table, None, None
+
+
+def scatter_weighted(shape: torch.Size, idx: Tensor, w: Tensor, grad: Tensor, fused: bool | None = None) -> Tensor:
+    """The (V, C) table with ``out[idx[n, k]] += w[n, k] * grad[n]``, rows added in order of (n, k). ``fused``: the
+    numba loop (default on the CPU for float32/float64) or, when False, ``index_add_`` over an (N * K, C) temporary."""
+    out = torch.zeros(shape, dtype=grad.dtype, device=grad.device)
+    if fused is None:
+        fused = grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64)
+    if fused:
+        from ._scatter_numba import scatter_add_weighted
+
+        scatter_add_weighted(
+            idx.contiguous().numpy(), w.to(grad.dtype).contiguous().numpy(), grad.contiguous().numpy(), out.numpy()
+        )
+    else:
+        out.index_add_(0, idx.reshape(-1), (w[:, :, None] * grad[:, None, :]).reshape(-1, grad.shape[-1]))
+    return out
 
 
 def gather_interp(table: Tensor, idx: Tensor, w: Tensor) -> Tensor:
