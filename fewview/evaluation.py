@@ -107,23 +107,30 @@ def settings_folder(name: str, settings: dict, config=None) -> str:
 
 def config_overrides(cls, items: list[str]) -> dict:
     """``FIELD=VALUE`` strings (a benchmark's ``--set``) as a dict for the dataclass ``cls``, each value converted to
-    its field's type; an unknown field or a value that does not convert raises ``ValueError`` naming it."""
-    defaults = cls()
+    its field's annotated type; an unknown field, a value that does not convert or a bool other than
+    true/false/yes/no/1/0 raises ``ValueError`` naming it."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in cls.__dataclass_fields__:
             raise ValueError(f"--set {item}: {cls.__name__} has no field {key!r} (write FIELD=VALUE)")
-        kind = type(getattr(defaults, key))
+        kind = hints[key]
         if kind is bool:
-            out[key] = value.lower() in ("1", "true", "yes")
+            flag = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(value.lower())
+            if flag is None:
+                raise ValueError(f"--set {item}: {key} takes true or false")
+            out[key] = flag
         elif kind in (int, float, str):
             try:
                 out[key] = kind(value)
             except ValueError:
                 raise ValueError(f"--set {item}: {key} takes a {kind.__name__}") from None
         else:
-            raise ValueError(f"--set {item}: {key} is a {kind.__name__}; only bool, int, float and str fields")
+            name = getattr(kind, "__name__", str(kind))
+            raise ValueError(f"--set {item}: {key} is a {name}; only bool, int, float and str fields")
     return out
 
 

@@ -40,7 +40,8 @@ def test_set_overrides_are_typed_reach_the_prior_rows_and_get_their_own_folder()
     assert over == {"step_voxels": 1.0, "sf_path_cameras": 20, "use_masks": False, "sf_path": "official"}
     assert isinstance(over["step_voxels"], float)
     for bad, match in (("step_voxel=1", "no field 'step_voxel'"), ("steps", "no field"),
-                       ("steps=many", "takes a int"), ("background=0,0,0", "only bool")):  # fmt: skip
+                       ("steps=many", "takes a int"), ("background=0,0,0", "only bool"),
+                       ("use_masks=flase", "takes true or false")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             config_overrides(SparseFusionConfig, [bad])
     cfg = bench.config("sparsefusion", args(overrides={"step_voxels": 0.75}))
@@ -110,3 +111,14 @@ def test_device_reaches_the_fits_and_the_cpu_default_keeps_the_recorded_folders(
     # a record scored before the option existed names its folders by the config hash without it
     old = FitConfig(**{**SPARSE_PRESET, "steps": 300, "upsample_step": 100})
     assert settings_folder("field", {}, bench.config("field", args())) == settings_folder("field", {}, old)
+
+
+def test_set_overrides_follow_the_annotation_not_the_default():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Config:
+        weight: float = 0  # an int literal for a float field
+        name: str = "a"
+
+    assert config_overrides(Config, ["weight=0.5", "name=b"]) == {"weight": 0.5, "name": "b"}
