@@ -4,11 +4,12 @@ upsampling (the costliest phase): seconds per step by phase and the operators th
     python benchmarks/sparsefusion_profile.py --steps 12
     python benchmarks/sparsefusion_profile.py --fit-steps 400 --run-first 140 --split val --steps 6  # a fitted field
 
-The fit is fewview's default (the paper's schedule: 1500 steps, at most 50 PLMS steps per denoise) on the first
-held-out object of objects-2view; the profiled steps start at ``upsample_step``, past the EFT bootstrap, on the field
-as initialised. ``--run-first N`` instead fits the first N steps (the bootstrap, the upsampling) and profiles the
-field they leave; the profiled steps' sample weights are then tallied against colour thresholds: the share of
-samples a threshold would still colour and the share of the rendered weight it would leave uncoloured.
+The fit is fewview's default (the paper's 1500 steps, at most 10 PLMS steps per denoise; ``--set
+sf_max_denoise_steps=50`` for the paper's cap) on the first held-out object of objects-2view; the profiled steps
+start at ``upsample_step``, past the EFT bootstrap, on the field as initialised. ``--run-first N`` instead fits the
+first N steps (the bootstrap, the upsampling) and profiles the field they leave; the profiled steps' sample weights
+are then tallied against colour thresholds: the share of samples a threshold would still colour and the share of the
+rendered weight it would leave uncoloured.
 """
 
 from __future__ import annotations
