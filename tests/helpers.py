@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -296,3 +297,19 @@ def chromium_driver(chromium: str, chromedriver: str, width: int = 800, height: 
               "--enable-unsafe-swiftshader", "--hide-scrollbars", f"--window-size={width},{height}"):  # fmt: skip
         opts.add_argument(a)
     return webdriver.Chrome(service=Service(chromedriver), options=opts)
+
+
+class Killed(Exception):
+    """Raised by :func:`kill_at` to stop a run as a killed process stops."""
+
+
+def kill_at(runner, step: int) -> None:
+    """Run ``runner`` (a fit or a trainer: ``run(progress, callback)``) and stop it once it reaches ``step``; what it
+    checkpointed before stays on disk for a resumed run."""
+
+    def stop(r):
+        if r.step == step:
+            raise Killed
+
+    with pytest.raises(Killed):
+        runner.run(progress=False, callback=stop)

@@ -37,7 +37,7 @@ from fewview.objects.builder import ObjectsConfig, build
 from fewview.pretrained import resolve_model_dir
 from fewview.train import DistInfo, ObjectsSource, TrainConfig, Trainer, from_pretrained, sample_batch, save_pretrained
 
-from .helpers import SPHERE_CENTER, SPHERE_RADIUS, ddp_weight_gap, make_cams
+from .helpers import SPHERE_CENTER, SPHERE_RADIUS, ddp_weight_gap, kill_at, make_cams
 
 TINY_VAE = VAEConfig(image_size=24, block_out_channels=(8, 16), norm_num_groups=4)
 TINY_UNET = dict(latent_size=12, block_out_channels=(16, 32), attention=(0, 1), norm_num_groups=8,
@@ -467,17 +467,8 @@ def test_resume_gives_the_same_weights(objects_root, vae_dir, tmp_path, monkeypa
     mk = lambda: InpaintingLDM(InpaintConfig(vae=str(vae_dir), **TINY_UNET))  # noqa: E731
     torch.manual_seed(5)
     full = Trainer(mk(), cfg, src, tmp_path / "full", DistInfo()).run(progress=False)
-
-    class Killed(Exception):
-        pass
-
-    def kill(tr):
-        if tr.step == 3:
-            raise Killed
-
     torch.manual_seed(5)
-    with pytest.raises(Killed):
-        Trainer(mk(), cfg, src, tmp_path / "resumed", DistInfo()).run(progress=False, callback=kill)
+    kill_at(Trainer(mk(), cfg, src, tmp_path / "resumed", DistInfo()), 3)
     torch.manual_seed(77)
     resumed = Trainer(mk(), cfg, src, tmp_path / "resumed", DistInfo()).run(progress=False)
     for k, v in full.state_dict().items():

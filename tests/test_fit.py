@@ -13,7 +13,7 @@ from fewview.methods.fit import Fitter
 from fewview.methods.fit_config import FitConfig
 from fewview.methods.scene_fit import load_fit
 
-from .helpers import SPHERE_CENTER, make_cams, write_blender
+from .helpers import SPHERE_CENTER, kill_at, make_cams, write_blender
 from .test_render import SphereField
 
 TINY = dict(
@@ -63,21 +63,11 @@ def test_depth_smoothness_patches(tmp_path):
     f.train_step()
 
 
-class Killed(Exception):
-    pass
-
-
 def test_resume_continues_to_the_same_result(tmp_path):
     scene = tiny_scene(tmp_path)
     cfg = FitConfig(**{**TINY, "steps": 6, "checkpoint_every": 3})
     full = Fitter(scene, [0, 1, 2], cfg, tmp_path / "full").run(progress=False)
-
-    def kill_after_4(fitter):
-        if fitter.step == 4:  # a checkpoint was written at step 3; step 4 is lost
-            raise Killed
-
-    with pytest.raises(Killed):
-        Fitter(scene, [0, 1, 2], cfg, tmp_path / "resumed").run(progress=False, callback=kill_after_4)
+    kill_at(Fitter(scene, [0, 1, 2], cfg, tmp_path / "resumed"), 4)  # a checkpoint was written at step 3
     torch.manual_seed(12345)  # a new process has other RNG state: resume must restore it
     second = Fitter(scene, [0, 1, 2], cfg, tmp_path / "resumed")
     resumed = second.run(progress=False)

@@ -26,8 +26,8 @@ from fewview.gaussians.sh import sh_basis_reference
 from fewview.methods.fit_config import FitConfig
 from fewview.methods.scene_fit import load_fit, make_fitter
 
-from .helpers import make_cams
-from .test_fit import Killed, tiny_scene
+from .helpers import kill_at, make_cams
+from .test_fit import tiny_scene
 
 BACKENDS = ("numba", "torch")
 
@@ -260,13 +260,7 @@ def test_gaussian_fit_learns_and_resumes_to_the_same_result(tmp_path):
     full = full_fit.run(progress=False)
     first = sum(h["mse"] for h in full_fit.history[:1])
     assert full_fit.history[-1]["mse"] < 0.5 * first  # it learns
-
-    def kill(fitter):
-        if fitter.step == 30:
-            raise Killed
-
-    with pytest.raises(Killed):
-        make_fitter(scene, [0, 1, 2], cfg, tmp_path / "resumed").run(progress=False, callback=kill)
+    kill_at(make_fitter(scene, [0, 1, 2], cfg, tmp_path / "resumed"), 30)
     torch.manual_seed(999)
     resumed = make_fitter(scene, [0, 1, 2], cfg, tmp_path / "resumed").run(progress=False)
     for k, v in full.model.tensors().items():

@@ -15,7 +15,7 @@ from fewview.diffusion.schedule import NoiseSchedule
 from fewview.guidance import ScorePrior, ipsm_terms, sds_terms
 from fewview.models.depth import DepthConfig, DepthNet, align_affine, pearson, ssi_loss
 
-from .helpers import make_cams
+from .helpers import kill_at, make_cams
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "fewview" / "assets" / "example_object"
 
@@ -230,16 +230,7 @@ def test_ipsm_fit_resumes_exactly(tmp_path, depth_model, monkeypatch):
     scene = load_blender(EXAMPLE, "train")
     cfg = IPSMConfig(steps=10, ipsm_start=0.2, ipsm_end=1.0, ipsm_depth_model=str(depth_model), checkpoint_every=6)
     full = IPSMFitter(scene, [0, 1, 2], cfg, tmp_path / "full").run(progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_checkpoint(f):
-        if f.step == 7:
-            raise Stop
-
-    with pytest.raises(Stop):
-        IPSMFitter(scene, [0, 1, 2], cfg, tmp_path / "cut").run(progress=False, callback=stop_after_checkpoint)
+    kill_at(IPSMFitter(scene, [0, 1, 2], cfg, tmp_path / "cut"), 7)
     resumed = IPSMFitter(scene, [0, 1, 2], cfg, tmp_path / "cut").run(progress=False)
     a, b = full.model.tensors(), resumed.model.tensors()
     assert json.loads((tmp_path / "cut" / "checkpoint" / "meta.json").read_text())["step"] == 10

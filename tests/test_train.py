@@ -24,7 +24,7 @@ from fewview.train import (
     save_pretrained,
 )
 
-from .helpers import ddp_weight_gap, make_cams, write_co3d
+from .helpers import ddp_weight_gap, kill_at, make_cams, write_co3d
 
 TINY_MODEL = PixelNeRFConfig(widths=(8, 8), hidden=16, blocks_before_mean=1, blocks_after_mean=1, samples_coarse=6,
                              samples_fine=3)  # fmt: skip
@@ -119,23 +119,13 @@ def test_smoke_training_writes_checkpoint_eval_images_and_pretrained(objects_roo
         from_pretrained(tmp_path)
 
 
-class Killed(Exception):
-    pass
-
-
 def test_resume_after_a_kill_continues_to_the_same_result(objects_root, tmp_path):
     src = ObjectsSource(objects_root, "train")
     cfg = train_cfg(objects_root, steps=6, checkpoint_every=2)
     torch.manual_seed(0)
     full = Trainer(PixelNeRF(TINY_MODEL), cfg, src, tmp_path / "full", DistInfo()).run(progress=False)
-
-    def kill(tr):
-        if tr.step == 3:  # checkpoint at step 2; step 3 is lost
-            raise Killed
-
     torch.manual_seed(0)
-    with pytest.raises(Killed):
-        Trainer(PixelNeRF(TINY_MODEL), cfg, src, tmp_path / "resumed", DistInfo()).run(progress=False, callback=kill)
+    kill_at(Trainer(PixelNeRF(TINY_MODEL), cfg, src, tmp_path / "resumed", DistInfo()), 3)  # checkpoint at step 2
     torch.manual_seed(123)  # a new process: different initial weights, restored from the checkpoint
     tr = Trainer(PixelNeRF(TINY_MODEL), cfg, src, tmp_path / "resumed", DistInfo())
     resumed = tr.run(progress=False)

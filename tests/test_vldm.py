@@ -11,7 +11,7 @@ from fewview.models.vldm import VLDM, VLDMConfig
 from fewview.objects.builder import ObjectsConfig, build
 from fewview.train import DistInfo, ObjectsSource, TrainConfig, Trainer
 
-from .helpers import ddp_weight_gap
+from .helpers import ddp_weight_gap, kill_at
 
 TINY = dict(block_out_channels=(16, 32, 32), norm_num_groups=8, attention_head_dim=8, eft_init="", eft_widths=(8, 8),
             eft_width=16, eft_ffn=16, eft_layers=1, eft_points=5, eft_feature_dim=6, repeat=3)  # fmt: skip
@@ -222,16 +222,7 @@ def test_sparsefusion_fit_resumes_exactly(tiny_vldm, tmp_path, monkeypatch):
     scene = load_blender(EXAMPLE, "train")
     cfg = sf_config(tiny_vldm, steps=9, checkpoint_every=6, sf_bootstrap_rays=200)
     full = SparseFusionFitter(scene, [0, 1], cfg, tmp_path / "full").run(progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_checkpoint(f):
-        if f.step == 7:
-            raise Stop
-
-    with pytest.raises(Stop):
-        SparseFusionFitter(scene, [0, 1], cfg, tmp_path / "cut").run(progress=False, callback=stop_after_checkpoint)
+    kill_at(SparseFusionFitter(scene, [0, 1], cfg, tmp_path / "cut"), 7)
     torch.manual_seed(4321)
     again = SparseFusionFitter(scene, [0, 1], cfg, tmp_path / "cut")
     steps = []
