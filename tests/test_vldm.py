@@ -100,6 +100,98 @@ def test_multistep_loss_weight_and_target(objects_root):
     torch.testing.assert_close(render.grad, w * torch.sign(render - x0) / render.numel())
 
 
+def spy_denoiser(model) -> dict:
+    """Keep the last UNet output of ``model`` (with its gradient retained) and its timesteps."""
+    seen: dict = {}
+    inner = model.denoise
+
+    def denoise(x_t, t, **cond):
+        out = inner(x_t, t, **cond)
+        out.retain_grad()
+        seen.update(out=out, t=t.detach().clone(), x_t=x_t.detach())
+        return out
+
+    model.denoise = denoise
+    return seen
+
+
+def test_diffusion_loss_mask_and_p2_weight():
+    """The masked loss is the squared ε error inside the mask averaged over all elements (imagen-pytorch's
+    ``loss_mask``) and sends no gradient outside it; P2 weights each draw by (1 + SNR_t)^-gamma with ᾱ from the
+    cosine schedule's closed form; an all-ones mask at gamma 0 is the plain MSE."""
+    from fewview.diffusion.schedule import cosine_alpha_bar
+
+    torch.manual_seed(0)
+    model = VLDM(VLDMConfig(**TINY, p2_gamma=0.0))
+    seen = spy_denoiser(model)
+    z0, cond = torch.randn(3, 4, 8, 8), {"concat": torch.randn(3, 6, 8, 8)}
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 5, 6)]  # noqa: E731
+
+    def eps_error() -> torch.Tensor:  # the true ε from x_t and z0 at the drawn t, against the output
+        t, x_t = seen["t"], seen["x_t"]
+        a = (cosine_alpha_bar((t.double() + 1) / 1000) / cosine_alpha_bar(0.0)).float().reshape(-1, 1, 1, 1)
+        eps = (x_t - a.sqrt() * z0) / (1 - a).sqrt()
+        return (seen["out"].detach() - eps) ** 2, a.reshape(-1)
+
+    plain = model.diffusion_loss(z0, cond, gens())
+    torch.testing.assert_close(model.diffusion_loss(z0, cond, gens(), torch.ones(3, 1, 8, 8)), plain)
+    err, a = eps_error()
+    torch.testing.assert_close(plain, err.mean(), rtol=1e-4, atol=1e-6)
+
+    mask = (torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(4)) > 0.4).float()
+    masked = model.diffusion_loss(z0, cond, gens(), mask)
+    torch.testing.assert_close(masked, (err * mask).mean(), rtol=1e-4, atol=1e-6)
+    masked.backward()
+    grad = seen["out"].grad
+    assert float((grad * (1 - mask)).abs().max()) == 0.0 and float((grad * mask).abs().min()) >= 0
+    assert float((grad * mask).abs().sum()) > 0
+
+    model.config.p2_gamma = 0.5
+    weighted = model.diffusion_loss(z0, cond, gens())
+    w = (1 + a / (1 - a)) ** -0.5
+    assert float(w.min()) < 0.5 < float(w.max())  # draws at low and high noise: the weight matters
+    torch.testing.assert_close(weighted, (w * err.mean((1, 2, 3))).mean(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="loss mask"):
+        model.diffusion_loss(z0, cond, gens(), torch.ones(3, 1, 4, 4))
+
+
+def test_latent_valid_mask_keeps_cells_over_the_threshold():
+    from fewview.models.vldm import latent_valid_mask
+
+    valid = torch.zeros(1, 1, 8, 8)
+    valid[..., :4, :4] = 1  # cell (0, 0): all valid
+    valid[..., :3, 4:] = 1  # cell (0, 1): 12 of 16
+    valid[..., 4:6, :4] = 1  # cell (1, 0): 8 of 16
+    valid[..., 4:7, 4:7] = 1  # cell (1, 1): 9 of 16 (0.5625)
+    m = latent_valid_mask(valid, (2, 2), 0.6)
+    assert m.tolist() == [[[[1.0, 1.0], [0.0, 0.0]]]]
+
+
+def test_vldm_loss_skips_the_padding_of_co3d_crops(tmp_path):
+    """CO3D's box crops pad non-square boxes; the batch carries the valid region and the VLDM's diffusion loss
+    sends no gradient to the latent cells of the padding (the official mask, > 0.6 valid per cell)."""
+    from fewview.models.vldm import latent_valid_mask
+    from fewview.train.data import CO3DSource, sample_batch
+
+    from .helpers import make_cams, write_co3d
+
+    write_co3d(tmp_path, make_cams(n=5, h=40, w=64, f=120.0))  # a sphere taller than the image: padded crops
+    src = CO3DSource(tmp_path, ["hydrant"], subset="fewview_dev", split="test", res=32)
+    batch = sample_batch(src, 0, 0, 2, (2, 2), 8, 5)
+    assert batch.query_valid.shape == (2, 1, 32, 32) and batch.to("cpu").query_valid is not None
+    cells = latent_valid_mask(batch.query_valid, (8, 8))
+    assert 0 < float(cells.mean()) < 1  # padding at the latent grid, and photo
+    torch.manual_seed(0)
+    model = VLDM(VLDMConfig(**TINY))
+    seen = spy_denoiser(model)
+    loss, logs = model(batch)
+    loss.backward()
+    grad = seen["out"].grad.reshape(2, TINY["repeat"], 4, 8, 8)
+    outside = (1 - cells)[:, None]
+    assert float((grad * outside).abs().max()) == 0.0 and float(grad.abs().sum()) > 0
+    assert logs["diffusion"] > 0
+
+
 # ------------------------------------------------------------------ distillation
 @pytest.fixture(scope="module")
 def tiny_vldm(tmp_path_factory):

@@ -49,6 +49,9 @@ class LDMConfig:
         default=(0.5, 0.2, 0.2, 0.1), metadata={"help": "inpaint masks: warp, half, box, full probabilities"}
     )
     eval_steps: int = option(default=20, metadata={"help": "DDIM steps for evaluation images"})
+    p2_gamma: float = option(
+        default=0.0, metadata={"help": "P2 loss weight (1 + SNR_t)^-gamma per draw (0: unweighted)"}
+    )
 
 
 @register_model("ldm", LDMConfig)
@@ -212,9 +215,14 @@ class LatentDiffusion(nn.Module):
         return lambda x, t: self.predict(x, t, cond, guidance)
 
     # ------------------------------------------------------------------ training
-    def diffusion_loss(self, z0: Tensor, cond: dict | None = None, generators: list | None = None) -> Tensor:
+    def diffusion_loss(self, z0: Tensor, cond: dict | None = None, generators: list | None = None,
+                       mask: Tensor | None = None) -> Tensor:  # fmt: skip
         """MSE between the output and its target at uniform random timesteps, the condition dropped per item
-        with probability ``cond_drop``; item b draws its timestep, noise and dropout from ``generators[b]``."""
+        with probability ``cond_drop``; item b draws its timestep, noise and dropout from ``generators[b]``.
+
+        ``mask`` (B, 1, h, w) at the latent grid zeroes the error outside it (the mean stays over all elements,
+        as imagen-pytorch's ``loss_mask``); ``config.p2_gamma`` > 0 weights each draw by (1 + SNR_t)^-gamma
+        (the P2 weighting, k = 1)."""
         b = z0.shape[0]
         gens = generators or [None] * b
         t = torch.cat([torch.randint(0, self.schedule.T, (1,), generator=g) for g in gens])
@@ -228,7 +236,20 @@ class LatentDiffusion(nn.Module):
                 kk = keep.reshape(-1, *([1] * (cond[k].dim() - 1)))
                 cond[k] = cond[k] * kk + null[k] * (1 - kk)
         out = self.denoise(x_t, t.to(z0.device), **cond)
-        return F.mse_loss(out, self.schedule.target(z0, noise, t))
+        target = self.schedule.target(z0, noise, t)
+        gamma = self.config.p2_gamma
+        if mask is None and not gamma:
+            return F.mse_loss(out, target)
+        err = (out - target) ** 2
+        if mask is not None:
+            if mask.shape[0] != b or mask.shape[-2:] != err.shape[-2:]:
+                raise ValueError(f"loss mask {tuple(mask.shape)} does not match the latents {tuple(err.shape)}")
+            err = err * mask.to(err)
+        per_draw = err.flatten(1).mean(1)
+        if gamma:
+            a = self.schedule.alpha_bar(t, per_draw).reshape(-1)
+            per_draw = per_draw * (1 + a / (1 - a)) ** -gamma
+        return per_draw.mean()
 
     def encode_condition(self, batch, generators: list) -> tuple[dict, Tensor | None]:
         """The condition of a training batch (and the inpainting masks, for the inpaint task)."""

@@ -9,8 +9,9 @@ shipped VAE's latent space) reads the noisy query latent concatenated with that 
 - the query latent is repeated ``repeat`` times with independent t and noise (the official 12);
 - the condition (the feature grid) is dropped for 10 % of the draws, for classifier-free guidance;
 - ε-prediction on the continuous cosine schedule (diffusers' ``squaredcos_cap_v2``, its discretisation);
-- the loss is masked by the valid region; fewview-objects views are valid everywhere (CO3D's padding is not
-  carried by the batches yet, so the mask is all ones).
+- the P2 loss weight (1 + SNR_t)^-0.5 of the official imagen-pytorch setup (``p2_gamma``);
+- the loss is masked by the valid region (CO3D's un-padded pixels) downsampled to the latent grid, a cell valid
+  where more than 0.6 of its pixels are; fewview-objects views are valid everywhere.
 """
 
 from __future__ import annotations
@@ -28,12 +29,22 @@ from ..pretrained import register_model
 from .eft import EFT, EFTConfig
 
 
+def latent_valid_mask(valid: Tensor, size: tuple[int, int], threshold: float = 0.6) -> Tensor:
+    """(B, 1, h, w) float mask of the latent cells whose pixels of ``valid`` (B, 1, H, W) are valid for more than
+    ``threshold`` of their area (the official code's 0.6)."""
+    return (F.interpolate(valid.float(), size=size, mode="area") > threshold).float()
+
+
 @dataclass
 class VLDMConfig(LDMConfig):
     task: str = option(default="eft", metadata={"help": "eft: conditioned on the EFT's feature grid"})
     prediction: str = option(default="epsilon", metadata={"help": "epsilon (SparseFusion) | v_prediction | sample"})
     beta_schedule: str = option(default="squaredcos_cap_v2", metadata={"help": "the continuous cosine schedule"})
     block_out_channels: tuple[int, ...] = option(default=(64, 128, 128), metadata={"help": "UNet widths per level"})
+    p2_gamma: float = option(default=0.5, metadata={"help": "P2 loss weight (1 + SNR_t)^-gamma (official 0.5)"})
+    valid_threshold: float = option(
+        default=0.6, metadata={"help": "a latent cell counts in the loss if this fraction of its pixels is valid"}
+    )
     repeat: int = option(default=4, metadata={"help": "query latent repeats with independent t, noise (official 12)"})
     huber_delta: float = option(default=0.1, metadata={"help": "the EFT's Huber colour loss"})
     w_eft: float = option(default=1.0, metadata={"help": "weight of the EFT's colour loss"})
@@ -111,7 +122,10 @@ class VLDM(LatentDiffusion):
         gens = [g for g in batch.item_generators() for _ in range(c.repeat)]
         z = z0.repeat_interleave(c.repeat, 0)
         cond = {"concat": feats.repeat_interleave(c.repeat, 0)}
-        diffusion = self.diffusion_loss(z, cond, gens)
+        mask = None
+        if batch.query_valid is not None:
+            mask = latent_valid_mask(batch.query_valid, size, c.valid_threshold).repeat_interleave(c.repeat, 0)
+        diffusion = self.diffusion_loss(z, cond, gens, mask)
         target = F.interpolate(batch.query, size=size, mode="area")
         colour = F.huber_loss(rgb, target, delta=c.huber_delta)
         loss = diffusion + c.w_eft * colour

@@ -227,6 +227,11 @@ class CO3DSource:
         sc = self._scene(s).select(idx)
         return sc.images, sc.masks, sc.cameras
 
+    def valid(self, s: int, idx: list[int]) -> Tensor:
+        """(n, 1, H, W): 1 where the pixel comes from the photo, 0 in the box crop's padding."""
+        sc = self._scene(s).select(idx)
+        return sc.valid if sc.valid is not None else torch.ones_like(sc.masks)
+
 
 @dataclass
 class Batch:
@@ -248,6 +253,7 @@ class Batch:
     context_mask: Tensor | None = None  # (B, n, 1, H, W) the context views' masks
     single: Batch | None = None  # single-view objects (query only) for self-training, when the source has them
     progress: float = 0.0  # the step's fraction of the training run (curricula)
+    query_valid: Tensor | None = None  # (B, 1, H, W) 1 on the photo's pixels, 0 in padding (sources that pad)
 
     def item_generators(self) -> list[torch.Generator]:
         """One generator per item, a function of (seed, step, global item): models that draw noise with these
@@ -261,7 +267,8 @@ class Batch:
         return Batch(t(self.context), t(self.context_c2w), t(self.context_K), t(self.query), t(self.query_mask),
                      t(self.query_c2w), t(self.query_K), t(self.rays), t(self.noise), self.scene,
                      t(self.context_depth), t(self.query_depth), self.item_seeds, t(self.context_mask),
-                     None if self.single is None else self.single.to(device), self.progress)  # fmt: skip
+                     None if self.single is None else self.single.to(device), self.progress,
+                     t(self.query_valid))  # fmt: skip
 
     def context_cameras(self, b: int) -> Cameras:
         h, w = self.context.shape[-2:]
@@ -286,8 +293,10 @@ def sample_batch(
     scenes = torch.randint(0, len(source), (batch_size,), generator=g).tolist()
     per = batch_size // world
     with_depth = getattr(source, "depth", None) is not None
+    with_valid = hasattr(source, "valid")
     out = {k: [] for k in ("ctx", "cm", "cc2w", "cK", "q", "qm", "qc2w", "qK", "rays", "noise", "seed")}
     out.update({"cd": [], "qd": []} if with_depth else {})
+    out.update({"qv": []} if with_valid else {})
     for j in range(rank * per, (rank + 1) * per):
         gi = item_generator(seed, step, j)
         s = scenes[j]
@@ -314,8 +323,10 @@ def sample_batch(
             d = source.depths(s, pick)
             out["cd"].append(d[:n])
             out["qd"].append(d[n])
+        if with_valid:
+            out["qv"].append(source.valid(s, pick[n:])[0])
     st = {k: torch.stack(v) for k, v in out.items()}
     mine = scenes[rank * per : (rank + 1) * per]
     ray_idx = st["rays"] if rays is not None else None
     return Batch(st["ctx"], st["cc2w"], st["cK"], st["q"], st["qm"], st["qc2w"], st["qK"], ray_idx, st["noise"], mine,
-                 st.get("cd"), st.get("qd"), st["seed"], st["cm"])  # fmt: skip
+                 st.get("cd"), st.get("qd"), st["seed"], st["cm"], query_valid=st.get("qv"))  # fmt: skip
