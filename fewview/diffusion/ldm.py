@@ -312,11 +312,12 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def multistep_denoise(self, z0: Tensor, t: float, cond: dict | None = None, method: str = "plms",
                           guidance: float = 1.0, noise: Tensor | None = None,
-                          generator: torch.Generator | None = None,
-                          max_steps: int = 50) -> tuple[Tensor, dict]:  # fmt: skip
-        """Noise ``z0`` to continuous time ``t`` and denoise back in min(⌊100t⌋, max_steps) steps."""
+                          generator: torch.Generator | None = None, max_steps: int = 50, eta: float = 0.0,
+                          clip_x0: float | None = None) -> tuple[Tensor, dict]:  # fmt: skip
+        """Noise ``z0`` to continuous time ``t`` and denoise back in min(⌊100t⌋, max_steps) steps (``eta`` and
+        ``clip_x0`` as :func:`samplers.sample_grid`)."""
         return samplers.multistep_denoise(self.denoiser(cond, guidance), z0, t, self.schedule, noise, method, generator,
-                                          max_steps=max_steps)  # fmt: skip
+                                          clip_x0, max_steps, eta)  # fmt: skip
 
     def sds_residual(self, z0: Tensor, t: int, cond: dict | None = None, guidance: float = 1.0,
                      weighting: str = "sds", noise: Tensor | None = None,

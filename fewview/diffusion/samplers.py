@@ -60,44 +60,53 @@ def sample_grid(fn: Denoiser, x: Tensor, grid: list[int], schedule: NoiseSchedul
                 progress: bool = False, threshold: float | None = None) -> tuple[Tensor, int]:  # fmt: skip
     """Integrate from ``x`` at ``grid[0]`` down the grid (ending at -1, clean). Returns (x0, model calls).
     ``clip_x0`` clips the clean estimate to ±clip_x0; ``threshold`` applies dynamic thresholding at that quantile
-    (both re-derive ε from the clipped estimate)."""
+    (both re-derive ε from the clipped estimate). ``eta`` > 0 makes a step stochastic (η = 1: the DDPM posterior,
+    ancestral sampling), for PLMS too: SparseFusion's official sampler combines the raw ε evaluations linearly,
+    clips the clean estimate of the combination and takes a posterior step from it."""
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}: choose one of {SAMPLERS}")
     if len(grid) < 2 or grid[-1] != -1 or any(a <= b for a, b in zip(grid, grid[1:], strict=False)):
         raise ValueError(f"a sampling grid decreases strictly and ends at -1 (clean); got {grid[:4]}...{grid[-2:]}")
     calls = 0
+    clips = clip_x0 is not None or threshold is not None
 
-    def eps_x0(xt: Tensor, t: int) -> tuple[Tensor, Tensor]:
+    def clipped(xt: Tensor, eps: Tensor, x0: Tensor, t: int) -> Tensor:
+        """ε re-derived from the clipped clean estimate ``x0`` (``eps`` itself when nothing clips)."""
+        if not clips:
+            return eps
+        a = schedule.alpha_bar(t, xt)
+        x0 = x0.clamp(-clip_x0, clip_x0) if clip_x0 is not None else x0
+        x0 = dynamic_threshold(x0, threshold) if threshold is not None else x0
+        return (xt - a.sqrt() * x0) / (1 - a).sqrt()
+
+    def eps_of(xt: Tensor, t: int) -> Tensor:
         nonlocal calls
         calls += 1
-        eps, x0 = schedule.eps_x0(fn(xt, t), xt, t)
-        if clip_x0 is not None or threshold is not None:  # clip the clean estimate and re-derive ε from it
-            a = schedule.alpha_bar(t, xt)
-            x0 = x0.clamp(-clip_x0, clip_x0) if clip_x0 is not None else x0
-            x0 = dynamic_threshold(x0, threshold) if threshold is not None else x0
-            eps = (xt - a.sqrt() * x0) / (1 - a).sqrt()
-        return eps, x0
+        return schedule.eps_x0(fn(xt, t), xt, t)[0]
 
-    def step(xt: Tensor, eps: Tensor, t: int, tp: int, noise: Tensor | None = None, e: float = 0.0) -> Tensor:
+    def step(xt: Tensor, eps: Tensor, t: int, tp: int) -> Tensor:
         a_t, a_p = schedule.alpha_bar(t, xt), schedule.alpha_bar(tp, xt)
         x0 = (xt - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        return ddim_update(xt, eps, x0, a_t, a_p, e, noise)
+        if clips:
+            eps = clipped(xt, eps, x0, t)
+            x0 = (xt - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        noise = None
+        if eta > 0:
+            noise = torch.randn(xt.shape, generator=generator, dtype=xt.dtype, device="cpu").to(xt.device)
+        return ddim_update(xt, eps, x0, a_t, a_p, eta, noise)
 
     from tqdm import tqdm
 
     ets: list[Tensor] = []
     pairs = list(zip(grid[:-1], grid[1:], strict=True))
     for i, (t, tp) in enumerate(tqdm(pairs, desc=method, disable=not progress, leave=False)):
-        eps, _ = eps_x0(x, t)
+        eps = eps_of(x, t)
         if method == "ddim":
-            noise = None
-            if eta > 0:
-                noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-            x = step(x, eps, t, tp, noise, eta)
+            x = step(x, eps, t, tp)
             continue
         if i == 0 and tp >= 0:  # PNDM's first step: average ε at both ends of the step (a Heun step)
             ets.append(eps)
-            e1, _ = eps_x0(step(x, eps, t, tp), tp)
+            e1 = eps_of(step(x, eps, t, tp), tp)
             x = step(x, (eps + e1) / 2, t, tp)
             continue
         ets = (ets + [eps])[-4:]
@@ -122,9 +131,12 @@ def multistep_steps(t: float, max_steps: int = 50) -> int:
 
 def multistep_denoise(fn: Denoiser, x0: Tensor, t: float, schedule: NoiseSchedule, noise: Tensor | None = None,
                       method: str = "plms", generator: torch.Generator | None = None,
-                      clip_x0: float | None = None, max_steps: int = 50) -> tuple[Tensor, dict]:  # fmt: skip
+                      clip_x0: float | None = None, max_steps: int = 50,
+                      eta: float = 0.0) -> tuple[Tensor, dict]:  # fmt: skip
     """Noise the clean latent ``x0`` to continuous time ``t`` ∈ (0, 1) and denoise it back to 0 in
-    :func:`multistep_steps` steps (SparseFusion's distillation target). Returns (x̂0, info)."""
+    :func:`multistep_steps` steps (SparseFusion's distillation target). Returns (x̂0, info). The official
+    sampler is ``eta=1, clip_x0=10`` (stochastic posterior steps); ``eta=0`` makes the target deterministic
+    given the noise."""
     if not 0 < t < 1:
         raise ValueError(f"t must lie in (0, 1), got {t}")
     t_idx = schedule.continuous_to_index(t)
@@ -133,7 +145,7 @@ def multistep_denoise(fn: Denoiser, x0: Tensor, t: float, schedule: NoiseSchedul
         noise = torch.randn(x0.shape, generator=generator).to(x0)
     x_t = schedule.add_noise(x0, noise, torch.full((x0.shape[0],), t_idx, dtype=torch.long))
     grid = schedule.partial_grid(t_idx, n)
-    out, calls = sample_grid(fn, x_t, grid, schedule, method, 0.0, generator, clip_x0)
+    out, calls = sample_grid(fn, x_t, grid, schedule, method, eta, generator, clip_x0)
     info = {
         "t_index": t_idx,
         "steps": len(grid) - 1,

@@ -88,15 +88,17 @@ def to_prior_size(x: Tensor, size: int, mode: str = "bilinear") -> Tensor:
 def multistep_terms(model, render: Tensor, cond: dict | None, t: float, noise: Tensor | None = None,
                     perceptual=None, w_perceptual: float = 0.1, method: str = "plms",
                     generator: torch.Generator | None = None,
-                    timings: dict | None = None, max_steps: int = 50) -> dict[str, Tensor]:  # fmt: skip
+                    timings: dict | None = None, max_steps: int = 50, eta: float = 0.0,
+                    clip_x0: float | None = None) -> dict[str, Tensor]:  # fmt: skip
     """SparseFusion's multi-step distillation loss for ``render`` (B,3,H,W) in [0, 1]: encode it, noise the latent
     to continuous time ``t`` on the model's own schedule, denoise back in min(⌊100t⌋, max_steps) steps, decode x̂0 and
-    compare: (1 − ᾱ_t)·L1(render, sg(x̂0)) and ``w_perceptual``·perceptual(render, sg(x̂0)) (LPIPS)."""
+    compare: (1 − ᾱ_t)·L1(render, sg(x̂0)) and ``w_perceptual``·perceptual(render, sg(x̂0)) (LPIPS). ``eta`` and
+    ``clip_x0`` shape the sampler (the official one: 1 and 10); its step noise comes from ``generator``."""
     clock = PhaseClock(timings)
     with torch.no_grad():
         z = clock("encode", model.vae.encode, render.detach())
         z0, info = clock("denoise", model.multistep_denoise, z, t, cond, noise=noise, generator=generator,
-                         method=method, max_steps=max_steps)  # fmt: skip
+                         method=method, max_steps=max_steps, eta=eta, clip_x0=clip_x0)  # fmt: skip
         target = clock("decode", model.vae.decode, z0).clamp(0, 1)
     w = 1 - info["alpha_bar"]
     terms = {"multistep_l1": w * (render - target).abs().mean()}

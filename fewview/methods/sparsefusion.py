@@ -18,7 +18,8 @@ The pipeline:
 5. **Multi-step distillation**, afterwards: t ~ U(0, ``sf_t_max``) on the VLDM's own (cosine) schedule; the
    render is encoded, noised to t, denoised back in min(⌊100t⌋, ``sf_max_denoise_steps``) PLMS steps (the
    paper's cap: 50; fewview's default: 10, chosen on validation objects) and decoded to x̂0; the loss is
-   (1 − ᾱ_t)·L1(render, x̂0) + ``sf_w_perceptual``·LPIPS(render, x̂0).
+   (1 − ᾱ_t)·L1(render, x̂0) + ``sf_w_perceptual``·LPIPS(render, x̂0). The PLMS steps are deterministic;
+   ``sf_denoise_eta=1, sf_clip_x0=10`` is the official stochastic sampler (behind on validation objects).
 
 ``sf_objective`` gives the paper's Table 5 rows on the same models: ``eft`` (EFT + field: the bootstrap for all
 steps), ``samples`` (VLDM + field: one DDIM sample per path camera, fitted the same way), ``sds`` (SDS with the
@@ -66,6 +67,10 @@ class SparseFusionOptions:
     sf_max_denoise_steps: int = option(default=10, metadata={
         "help": "cap of the min(⌊100t⌋, cap) PLMS steps (paper: 50)"})  # fmt: skip
     sf_guidance: float = option(default=1.0, metadata={"help": "classifier-free guidance (official: 1, none)"})
+    sf_denoise_eta: float = option(default=0.0, metadata={
+        "help": "stochasticity of the denoising steps (official: 1, DDPM posterior steps; 0: deterministic)"})
+    sf_clip_x0: float = option(default=0.0, metadata={
+        "help": "clip the denoiser's clean latent estimate to ±this (official: 10; 0: no clip)"})
     sf_eft_mask: float = option(default=0.1, metadata={"help": "EFT colour this far from the background = object"})
     sf_objective: str = option(default="multistep", metadata={
         "help": "multistep (SparseFusion) | sds (SDS with the VLDM) | eft (EFT + field) | samples (VLDM + field)"})
@@ -197,7 +202,9 @@ class SparseFusionFitter(Fitter):
         noise = torch.randn(1, self.vldm.config.latent_channels, *self.cond[i].shape[-2:], generator=self.gen)
         perceptual = self.perceptual if c.sf_w_perceptual > 0 else None
         return multistep_terms(self.vldm, rgb, {"concat": self.cond[i]}, t, noise.to(rgb), perceptual,
-                               c.sf_w_perceptual, timings=self.timings, max_steps=c.sf_max_denoise_steps)  # fmt: skip
+                               c.sf_w_perceptual, generator=self.gen, timings=self.timings,
+                               max_steps=c.sf_max_denoise_steps, eta=c.sf_denoise_eta,
+                               clip_x0=c.sf_clip_x0 or None)  # fmt: skip
 
     def losses(self, idx: Tensor):
         c = self.cfg
