@@ -168,8 +168,8 @@ def test_latent_valid_mask_keeps_cells_over_the_threshold():
 
 
 def test_vldm_loss_skips_the_padding_of_co3d_crops(tmp_path):
-    """CO3D's box crops pad non-square boxes; the batch carries the valid region and the VLDM's diffusion loss
-    sends no gradient to the latent cells of the padding (the official mask, > 0.6 valid per cell)."""
+    """CO3D's box crops pad non-square boxes; the batch carries the valid region, and neither the VLDM's diffusion
+    loss (the official mask, > 0.6 valid per cell) nor the EFT's colour loss sends gradient to the padding's cells."""
     from fewview.models.vldm import latent_valid_mask
     from fewview.train.data import CO3DSource, sample_batch
 
@@ -184,12 +184,23 @@ def test_vldm_loss_skips_the_padding_of_co3d_crops(tmp_path):
     torch.manual_seed(0)
     model = VLDM(VLDMConfig(**TINY))
     seen = spy_denoiser(model)
+    eft_grid, rgbs = model.eft_grid, []
+
+    def keep_rgb(*args):
+        feats, rgb = eft_grid(*args)
+        rgb.retain_grad()
+        rgbs.append(rgb)
+        return feats, rgb
+
+    model.eft_grid = keep_rgb
     loss, logs = model(batch)
     loss.backward()
     grad = seen["out"].grad.reshape(2, TINY["repeat"], 4, 8, 8)
     outside = (1 - cells)[:, None]
     assert float((grad * outside).abs().max()) == 0.0 and float(grad.abs().sum()) > 0
-    assert logs["diffusion"] > 0
+    rgb_grad = rgbs[0].grad  # the EFT's colour loss: masked the same way
+    assert float((rgb_grad * (1 - cells)).abs().max()) == 0.0 and float(rgb_grad.abs().sum()) > 0
+    assert logs["diffusion"] > 0 and logs["eft_huber"] > 0
 
 
 # ------------------------------------------------------------------ distillation

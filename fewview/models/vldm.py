@@ -11,7 +11,8 @@ shipped VAE's latent space) reads the noisy query latent concatenated with that 
 - ε-prediction on the continuous cosine schedule (diffusers' ``squaredcos_cap_v2``, its discretisation);
 - the P2 loss weight (1 + SNR_t)^-0.5 of the official imagen-pytorch setup (``p2_gamma``);
 - the loss is masked by the valid region (CO3D's un-padded pixels) downsampled to the latent grid, a cell valid
-  where more than 0.6 of its pixels are; fewview-objects views are valid everywhere.
+  where more than 0.6 of its pixels are; fewview-objects views are valid everywhere. The EFT's colour loss is
+  masked the same way (the official code masks only the diffusion loss).
 """
 
 from __future__ import annotations
@@ -122,12 +123,14 @@ class VLDM(LatentDiffusion):
         gens = [g for g in batch.item_generators() for _ in range(c.repeat)]
         z = z0.repeat_interleave(c.repeat, 0)
         cond = {"concat": feats.repeat_interleave(c.repeat, 0)}
-        mask = None
-        if batch.query_valid is not None:
-            mask = latent_valid_mask(batch.query_valid, size, c.valid_threshold).repeat_interleave(c.repeat, 0)
+        valid = None if batch.query_valid is None else latent_valid_mask(batch.query_valid, size, c.valid_threshold)
+        mask = None if valid is None else valid.repeat_interleave(c.repeat, 0)
         diffusion = self.diffusion_loss(z, cond, gens, mask)
         target = F.interpolate(batch.query, size=size, mode="area")
-        colour = F.huber_loss(rgb, target, delta=c.huber_delta)
+        if valid is None:
+            colour = F.huber_loss(rgb, target, delta=c.huber_delta)
+        else:  # padding shows no photo: its colour is unknown (an object cut by the image border continues there)
+            colour = (F.huber_loss(rgb, target, delta=c.huber_delta, reduction="none") * valid).mean()
         loss = diffusion + c.w_eft * colour
         return loss, {"diffusion": float(diffusion.detach()), "eft_huber": float(colour.detach())}
 
