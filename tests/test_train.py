@@ -64,6 +64,28 @@ def test_co3d_source_feeds_the_same_sampler(tmp_path):
     assert b.context.shape[-2:] == (24, 24) and b.query_c2w.shape == (2, 4, 4) and torch.isfinite(b.context).all()
 
 
+def test_query_rays_avoid_the_padding_of_co3d_crops(tmp_path):
+    """Supervised query rays are drawn among the photo's pixels: a padded crop's padding holds no photo (an object
+    cut by the image border continues there), so no ray lands in it."""
+    from fewview.train.data import ray_pixels
+
+    write_co3d(tmp_path, make_cams(n=5, h=40, w=64, f=120.0))  # a sphere taller than the image: padded crops
+    src = CO3DSource(tmp_path, ["hydrant"], subset="fewview_dev", split="test", res=24)
+    b = sample_batch(src, 0, 0, 2, (2, 3), 40, 4)
+    valid = b.query_valid.flatten(1)
+    assert float(valid.mean()) < 1  # the fixture pads
+    assert bool((torch.gather(valid, 1, b.rays) == 1).all())
+    assert all(len(set(r.tolist())) == 40 for r in b.rays)  # distinct while there are enough valid pixels
+    few = torch.zeros(1, 4, 6)
+    few[0, 1, 2:5] = 1
+    idx = ray_pixels(24, 10, torch.Generator().manual_seed(0), few)
+    assert len(idx) == 10 and set(idx.tolist()) <= {8, 9, 10}  # fewer valid pixels than rays: repeats
+    with pytest.raises(ValueError, match="no valid pixel"):
+        ray_pixels(24, 10, torch.Generator().manual_seed(0), torch.zeros(1, 4, 6))
+    whole = ray_pixels(24, 10, torch.Generator().manual_seed(3), torch.ones(1, 4, 6))  # no padding: as before
+    assert torch.equal(whole, torch.randperm(24, generator=torch.Generator().manual_seed(3))[:10])
+
+
 def test_sample_features_reads_pixel_centres_exactly():
     img = torch.rand(1, 3, 6, 8)
     ys, xs = torch.meshgrid(torch.arange(6.0), torch.arange(8.0), indexing="ij")

@@ -279,6 +279,21 @@ class Batch:
         return Cameras(self.query_c2w[b : b + 1], self.query_K[b : b + 1], torch.tensor([h, w]))
 
 
+def ray_pixels(hw: int, rays: int | None, generator: torch.Generator, valid: Tensor | None = None) -> Tensor:
+    """``rays`` distinct random pixel indices of an image of ``hw`` pixels (every pixel when None). With a
+    ``valid`` map (1, H, W) they are drawn among the photo's pixels only, with repeats when it has fewer."""
+    if rays is None:
+        return torch.arange(hw)
+    if valid is None or bool((valid > 0.5).all()):
+        return torch.randperm(hw, generator=generator)[:rays]
+    ok = torch.nonzero(valid.flatten() > 0.5).flatten()
+    if len(ok) == 0:
+        raise ValueError("the query view has no valid pixel to supervise")
+    if len(ok) >= rays:
+        return ok[torch.randperm(len(ok), generator=generator)[:rays]]
+    return ok[torch.randint(0, len(ok), (rays,), generator=generator)]
+
+
 def sample_batch(
     source, seed: int, step: int, batch_size: int, context_range: tuple[int, int], rays: int | None,
     samples: int, background: float = 1.0, rank: int = 0, world: int = 1,
@@ -316,7 +331,8 @@ def sample_batch(
         out["qK"].append(cams.K[n].float())
         hw = img.shape[-2] * img.shape[-1]
         r = rays if rays is not None else hw
-        out["rays"].append(torch.randperm(hw, generator=gi)[:r] if rays is not None else torch.arange(hw))
+        qv = source.valid(s, pick[n:])[0] if with_valid else None
+        out["rays"].append(ray_pixels(hw, rays, gi, qv))
         out["noise"].append(torch.rand(r, samples, generator=gi))
         out["seed"].append(torch.randint(0, 2**62, (), generator=gi))
         if with_depth:
@@ -324,7 +340,7 @@ def sample_batch(
             out["cd"].append(d[:n])
             out["qd"].append(d[n])
         if with_valid:
-            out["qv"].append(source.valid(s, pick[n:])[0])
+            out["qv"].append(qv)
     st = {k: torch.stack(v) for k, v in out.items()}
     mine = scenes[rank * per : (rank + 1) * per]
     ray_idx = st["rays"] if rays is not None else None
