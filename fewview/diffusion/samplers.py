@@ -70,15 +70,6 @@ def sample_grid(fn: Denoiser, x: Tensor, grid: list[int], schedule: NoiseSchedul
     calls = 0
     clips = clip_x0 is not None or threshold is not None
 
-    def clipped(xt: Tensor, eps: Tensor, x0: Tensor, t: int) -> Tensor:
-        """ε re-derived from the clipped clean estimate ``x0`` (``eps`` itself when nothing clips)."""
-        if not clips:
-            return eps
-        a = schedule.alpha_bar(t, xt)
-        x0 = x0.clamp(-clip_x0, clip_x0) if clip_x0 is not None else x0
-        x0 = dynamic_threshold(x0, threshold) if threshold is not None else x0
-        return (xt - a.sqrt() * x0) / (1 - a).sqrt()
-
     def eps_of(xt: Tensor, t: int) -> Tensor:
         nonlocal calls
         calls += 1
@@ -87,9 +78,10 @@ def sample_grid(fn: Denoiser, x: Tensor, grid: list[int], schedule: NoiseSchedul
     def step(xt: Tensor, eps: Tensor, t: int, tp: int) -> Tensor:
         a_t, a_p = schedule.alpha_bar(t, xt), schedule.alpha_bar(tp, xt)
         x0 = (xt - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        if clips:
-            eps = clipped(xt, eps, x0, t)
-            x0 = (xt - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        if clips:  # clip the clean estimate and re-derive ε from it
+            x0 = x0.clamp(-clip_x0, clip_x0) if clip_x0 is not None else x0
+            x0 = dynamic_threshold(x0, threshold) if threshold is not None else x0
+            eps = (xt - a_t.sqrt() * x0) / (1 - a_t).sqrt()
         noise = None
         if eta > 0:
             noise = torch.randn(xt.shape, generator=generator, dtype=xt.dtype, device="cpu").to(xt.device)
