@@ -44,6 +44,7 @@ from fewview.pretrained import from_pretrained, resolve_model_dir
 FITTED = {"field": None, "eft+field": "eft", "vldm+field": "samples", "sds": "sds", "sparsefusion": "multistep"}
 ROWS = ["field", "eft", "eft+field", "vldm", "vldm+field", "sds", "sparsefusion"]
 T_MAX = SparseFusionConfig.__dataclass_fields__["sf_t_max"].default  # the method's default (the paper's 0.99)
+DEFAULT_MODEL = SparseFusionConfig.__dataclass_fields__["sf_model"].default
 CAP = SparseFusionConfig.__dataclass_fields__["sf_max_denoise_steps"].default  # the method's (the paper's: 50)
 
 
@@ -80,11 +81,24 @@ def config(row: str, args) -> FitConfig:
 def row_folder(row: str, args) -> str:
     """The cache folder of a row: its settings as they ran (``--set`` applied over the flags) and its config's hash."""
     if row not in FITTED:
-        return settings_folder(row, {"sample_steps": args.sample_steps, "guidance": args.guidance})
+        settings = {"sample_steps": args.sample_steps, "guidance": args.guidance}
+        if args.model != DEFAULT_MODEL:
+            settings["model"] = args.model
+        return settings_folder(row, settings)
     cfg = config(row, args)
     settings = {"steps": cfg.steps, "max_denoise_steps": getattr(cfg, "sf_max_denoise_steps", args.max_denoise_steps),
                 "guidance": getattr(cfg, "sf_guidance", args.guidance)}  # fmt: skip
     return settings_folder(row, settings, cfg)
+
+
+def row_key(row: str, args) -> str:
+    """The row's name in the record: its settings that differ from the defaults (t-max, --set, another VLDM)."""
+    key = row if row != "sparsefusion" or args.t_max == T_MAX else f"{row}@t_max={args.t_max}"
+    if row in FITTED and FITTED[row] is not None:
+        key += "".join(f"@{k}={v}" for k, v in sorted(args.overrides.items()))
+    if row != "field" and args.model != DEFAULT_MODEL:
+        key += f"@model={args.model}"
+    return key
 
 
 def score(scene_in, inputs: list[int], ev_scene, ev_ids: list[int], row: str, args, vldm, weights) -> dict:
@@ -132,6 +146,12 @@ LABELS = {"field": "no prior (field, sparse preset)", "eft": "EFT alone", "eft+f
           "sparsefusion": "SparseFusion"}  # fmt: skip
 
 
+def label(key: str) -> str:
+    """A record key as a table row: the row's name, then the settings it ran with beyond the defaults."""
+    base, *rest = key.split("@")
+    return LABELS.get(base, base) + (f" ({', '.join(rest)})" if rest else "")
+
+
 def markdown(rows: dict) -> str:
     """One protocol's rows of a record as a Markdown table (the best PSNR, SSIM and LPIPS in bold), with the
     angle bins nearest to and farthest from the inputs as PSNR / LPIPS."""
@@ -151,7 +171,7 @@ def markdown(rows: dict) -> str:
         bins = [r.get("binned", {}).get(b) for b in ("0-15", "45+")]
         angle = [f"{b['psnr']:.2f}" + (f" / {b['lpips_alex']:.3f}" if "lpips_alex" in b else "") if b else ""
                  for b in bins]  # fmt: skip
-        cells = [LABELS.get(key, key), *(cell(r, k) for k in formats), *angle, f"{r['seconds']:.0f}", str(r["scenes"])]
+        cells = [label(key), *(cell(r, k) for k in formats), *angle, f"{r['seconds']:.0f}", str(r["scenes"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -164,7 +184,7 @@ def main() -> int:
     ap.add_argument("--n-objects", type=int, default=20)
     ap.add_argument("--protocols", nargs="+", default=["objects-2view", "lego-3view", "llff-3view"])
     ap.add_argument("--rows", nargs="+", default=ROWS)
-    ap.add_argument("--model", default="vldm", help="VLDM (shipped name or folder)")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="VLDM (shipped name or folder)")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (the fits and the models)")
     ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the VLDM rows")
@@ -218,9 +238,7 @@ def main() -> int:
             folder = row_folder(row, args)
             cache = out / "scenes" / protocol / folder
             label = protocol if args.split == "test" or not protocol.startswith("objects") else f"{protocol}-val"
-            key = row if row != "sparsefusion" or args.t_max == T_MAX else f"{row}@t_max={args.t_max}"
-            if row in FITTED and FITTED[row] is not None:
-                key += "".join(f"@{k}={v}" for k, v in sorted(args.overrides.items()))
+            key = row_key(row, args)
             kept = record["results"].get(label, {}).get(key, {})
             if protocol == "objects-2view":
                 if not Path(args.objects).exists():

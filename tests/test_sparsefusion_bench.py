@@ -18,7 +18,7 @@ _spec.loader.exec_module(bench)
 
 def args(**kw):
     base = {"model": "vldm", "device": "cpu", "steps": 300, "progress": False, "guidance": 1.0,
-            "max_denoise_steps": 5, "t_max": 0.99, "overrides": {}}
+            "max_denoise_steps": 5, "t_max": 0.99, "overrides": {}, "sample_steps": 50}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -54,6 +54,19 @@ def test_set_overrides_are_typed_reach_the_prior_rows_and_get_their_own_folder()
     a, b = (settings_folder("sparsefusion", {}, bench.config("sparsefusion", args(overrides=o)))
             for o in ({}, {"step_voxels": 0.75}))  # fmt: skip
     assert a != b
+
+
+def test_another_vldm_gets_its_own_rows_and_folders():
+    for row in bench.ROWS:
+        same, other = args(), args(model="vldm-v")
+        if row == "field":  # the no-prior fit reads no model
+            assert bench.row_key(row, other) == row
+            continue
+        assert bench.row_key(row, same) in (row, f"{row}@t_max=0.99")
+        assert bench.row_key(row, other).endswith("@model=vldm-v")
+        assert bench.row_folder(row, same) != bench.row_folder(row, other)
+        assert bench.label(bench.row_key(row, other)).endswith("(model=vldm-v)")
+    assert bench.row_folder("vldm", args()) == "vldm@guidance=1.0@sample_steps=50"  # committed records still match
 
 
 def test_time_split_puts_the_unnamed_step_time_in_backward():

@@ -52,7 +52,9 @@ OBJECTIVES = ("multistep", "sds", "eft", "samples")
 
 @dataclass
 class SparseFusionOptions:
-    sf_model: str = option(default="vldm", metadata={"help": "VLDM (shipped name or folder)"})
+    sf_model: str = option(
+        default="vldm", metadata={"help": "VLDM: shipped vldm (ε-prediction), vldm-v (v-prediction) or a folder"}
+    )
     sf_path: str = option(default="inputs", metadata={"help": "inputs | official (fits all scene cameras: leaks)"})
     sf_path_cameras: int = option(default=50, metadata={"help": "cameras on the distillation orbit"})
     sf_jitter: float = option(default=0.17, metadata={"help": "out-of-plane jitter of the orbit, radians"})
