@@ -146,7 +146,7 @@ LABELS = {"field": "no prior (field, sparse preset)", "eft": "EFT alone", "eft+f
           "sparsefusion": "SparseFusion"}  # fmt: skip
 
 
-def label(key: str) -> str:
+def row_label(key: str) -> str:
     """A record key as a table row: the row's name, then the settings it ran with beyond the defaults."""
     base, *rest = key.split("@")
     return LABELS.get(base, base) + (f" ({', '.join(rest)})" if rest else "")
@@ -171,7 +171,7 @@ def markdown(rows: dict) -> str:
         bins = [r.get("binned", {}).get(b) for b in ("0-15", "45+")]
         angle = [f"{b['psnr']:.2f}" + (f" / {b['lpips_alex']:.3f}" if "lpips_alex" in b else "") if b else ""
                  for b in bins]  # fmt: skip
-        cells = [label(key), *(cell(r, k) for k in formats), *angle, f"{r['seconds']:.0f}", str(r["scenes"])]
+        cells = [row_label(key), *(cell(r, k) for k in formats), *angle, f"{r['seconds']:.0f}", str(r["scenes"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
