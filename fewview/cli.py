@@ -210,7 +210,7 @@ def _export_outputs(
     fit, mesh: Path | None, points: Path | None, resolution: int, level: float | None = None,
     gaussians: Path | None = None,
 ) -> None:  # fmt: skip
-    from .export import extract_mesh, point_cloud, save_mesh, save_point_cloud
+    from .export import extract_mesh, point_cloud, save_mesh, save_point_cloud, silhouette_level
     from .methods.protocol_run import input_cameras
 
     state, config = fit
@@ -225,9 +225,14 @@ def _export_outputs(
     if mesh is not None:
         if is_gs:
             raise ExportError("mesh extraction needs a field fit; a Gaussian run exports --gaussians or --points")
+        if level is None:
+            level, iou = silhouette_level(state.field, state.render, input_cameras(config), resolution)
+            how = f"iso-level {level:.3g}, its silhouettes match the input views' renders at IoU {iou:.2f}"
+        else:
+            how = f"iso-level {level:.3g}"
         m = extract_mesh(state.field, resolution, level, state.step_size)
         save_mesh(m, mesh)
-        print(f"wrote {mesh} ({len(m.vertices)} vertices, {len(m.faces)} faces)")
+        print(f"wrote {mesh} ({len(m.vertices)} vertices, {len(m.faces)} faces; {how})")
     if points is not None:
         pts, cols = point_cloud(state.render, input_cameras(config))
         save_point_cloud(pts, cols, points)
@@ -679,7 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--points", help="point cloud path (.ply)")
     x.add_argument("--gaussians", help="3DGS PLY path for Gaussian runs (default RUN/point_cloud.ply)")
     x.add_argument("--resolution", type=int, default=192, help="marching-cubes lattice size")
-    x.add_argument("--level", type=float, help="density iso-level (default: opacity 0.5 per march step)")
+    x.add_argument("--level", type=float,
+                   help="density iso-level (default: the level whose silhouettes best match the renders' "
+                        "opacity 0.5 in the input views)")  # fmt: skip
     x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="load a scene folder (any supported format) and print a summary")

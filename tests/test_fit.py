@@ -1,6 +1,7 @@
 """Fitting: smoke runs on a tiny fixture, resume equals an uninterrupted run, run folders, exports, CLI."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import trimesh
 
 from fewview.cli import main
 from fewview.data import load_blender
-from fewview.export import extract_mesh, turntable_cameras, write_video
+from fewview.export import ExportError, density_level, extract_mesh, silhouette_level, turntable_cameras, write_video
 from fewview.methods.fit import Fitter
 from fewview.methods.fit_config import FitConfig
 from fewview.methods.scene_fit import load_fit
@@ -95,6 +96,48 @@ def test_mesh_export_matches_sphere_radius(tmp_path):
     for ext in (".obj", ".glb"):
         mesh.export(tmp_path / f"sphere{ext}")
         assert len(trimesh.load(tmp_path / f"sphere{ext}", force="mesh").vertices) > 100
+
+
+class BlobField(SphereField):
+    """Density sigma0 * exp(-|x - c|^2 / s^2): diffuse, like a prior's distilled field."""
+
+    def __init__(self, center, sigma0=20.0, s=0.25):
+        super().__init__(center=center)
+        self.sigma0, self.s = sigma0, s
+
+    def density(self, x):
+        r2 = ((x - self.center.to(x)) ** 2).sum(-1)
+        return self.sigma0 * torch.exp(-r2 / self.s**2), x
+
+
+def test_mesh_level_follows_the_rendered_silhouette_of_a_diffuse_field():
+    from fewview.cameras.rays import camera_rays
+
+    c = SPHERE_CENTER.float()
+    blob = BlobField(SPHERE_CENTER.tolist())
+
+    def render(cam):  # closed form: the density's integral along a whole line at distance b from c
+        rays = camera_rays(cam)
+        rel = c - rays.origins
+        b2 = (rel**2).sum(-1) - ((rel * rays.directions).sum(-1)) ** 2
+        tau = blob.sigma0 * blob.s * math.sqrt(math.pi) * torch.exp(-b2 / blob.s**2)
+        return {"opacity": (1 - torch.exp(-tau)).reshape(1, int(cam.size[0, 0]), int(cam.size[0, 1]))}
+
+    # Opacity 0.5 where the line integral is ln 2: radius b* and, at b*, the density level sigma0 exp(-b*^2/s^2).
+    ratio = blob.sigma0 * blob.s * math.sqrt(math.pi) / math.log(2)
+    b_star, level_star = blob.s * math.sqrt(math.log(ratio)), blob.sigma0 / ratio
+    with pytest.raises(ExportError, match="never crosses"):  # one march step at opacity 0.5 asks for more density
+        extract_mesh(blob, resolution=64, level=density_level(2.0 / 64))
+    cams = make_cams(n=3, h=48, w=48, f=60.0)
+    level, iou = silhouette_level(blob, render, cams, resolution=96)
+    # A pixel is inside when any lattice point in it is, so the match is good to about half a pixel at the
+    # cameras' distance (3 / 60 / 2 = 0.025), which moves the level by a factor exp(2 b* 0.025 / s^2) = 1.38.
+    assert iou > 0.9 and abs(math.log(level / level_star)) < 0.45, (level, level_star, iou)
+    mesh = extract_mesh(blob, resolution=96, level=level)
+    r = torch.from_numpy(mesh.vertices).float().sub(c).norm(dim=-1)
+    assert abs(float(r.mean()) - b_star) < 0.035 and float(r.std()) < 0.01, (float(r.mean()), b_star)
+    with pytest.raises(ExportError, match="empty"):
+        silhouette_level(blob, lambda cam: {"opacity": render(cam)["opacity"] * 0}, cams, resolution=32)
 
 
 def test_turntable_starts_at_input_zero_and_videos(tmp_path):
