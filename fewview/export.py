@@ -21,13 +21,18 @@ class ExportError(ValueError):
     """Nothing to export (an empty field) or an unsupported format."""
 
 
+def lattice_points(aabb: Tensor, resolution: int) -> Tensor:
+    """(R^3, 3) points of a vertex-aligned resolution^3 lattice spanning the box, x slowest."""
+    lin = [torch.linspace(float(aabb[0, i]), float(aabb[1, i]), resolution) for i in range(3)]
+    return torch.stack(torch.meshgrid(*lin, indexing="ij"), -1).reshape(-1, 3)
+
+
 @torch.no_grad()
 def density_volume(field: Field, resolution: int = 192, chunk: int = 1 << 18) -> tuple[np.ndarray, Tensor]:
     """Density sampled on a resolution^3 lattice spanning the field's box (vertex-aligned). Returns the
     (R, R, R) array indexed [x, y, z] and the box."""
     aabb = field.aabb.float().cpu()
-    lin = [torch.linspace(float(aabb[0, i]), float(aabb[1, i]), resolution) for i in range(3)]
-    pts = torch.stack(torch.meshgrid(*lin, indexing="ij"), -1).reshape(-1, 3)
+    pts = lattice_points(aabb, resolution)
     dev = field.aabb.device
     sig = torch.cat([field.density(pts[i : i + chunk].to(dev))[0].float().cpu() for i in range(0, len(pts), chunk)])
     return sig.reshape(resolution, resolution, resolution).numpy(), aabb
@@ -63,8 +68,7 @@ def silhouette_level(
     if not top > 0:
         raise ExportError("the field has no density anywhere: nothing to mesh")
     levels = torch.logspace(math.log10(top * 1e-3), math.log10(top * 0.95), n_levels, dtype=torch.float64)
-    lin = [torch.linspace(float(aabb[0, i]), float(aabb[1, i]), resolution) for i in range(3)]
-    pts = torch.stack(torch.meshgrid(*lin, indexing="ij"), -1).reshape(-1, 3)
+    pts = lattice_points(aabb, resolution)
     inter = torch.zeros(n_levels, dtype=torch.float64)
     union = torch.zeros(n_levels, dtype=torch.float64)
     opaque = 0
