@@ -154,7 +154,7 @@ def row_label(key: str) -> str:
 
 def markdown(rows: dict) -> str:
     """One protocol's rows of a record as a Markdown table (the best PSNR, SSIM and LPIPS in bold), with the
-    angle bins nearest to and farthest from the inputs as PSNR / LPIPS."""
+    angle bins nearest to and farthest from the inputs as PSNR / LPIPS; each row with the default model first."""
     formats = {"psnr": ".2f", "ssim": ".3f", "lpips_alex": ".3f"}
     best = {k: (max if k != "lpips_alex" else min)((r["means"][k] for r in rows.values()
                                                     if r["means"].get(k) is not None), default=None)
@@ -167,7 +167,7 @@ def markdown(rows: dict) -> str:
         return f"**{text}**" if r["means"][k] == best[k] else text
 
     lines = ["| row | PSNR | SSIM | LPIPS | 0-15° | 45°+ | seconds per scene | scenes |", "|---" * 8 + "|"]
-    for key, r in sorted(rows.items(), key=lambda kv: ROWS.index(kv[0].split("@")[0])):
+    for key, r in sorted(rows.items(), key=lambda kv: (ROWS.index(kv[0].split("@")[0]), "@model=" in kv[0])):
         bins = [r.get("binned", {}).get(b) for b in ("0-15", "45+")]
         angle = [f"{b['psnr']:.2f}" + (f" / {b['lpips_alex']:.3f}" if "lpips_alex" in b else "") if b else ""
                  for b in bins]  # fmt: skip

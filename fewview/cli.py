@@ -74,6 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .evaluation import write_comparison
     from .methods.fit_config import SPARSE_PRESET, FitConfig
     from .methods.protocol_run import run_protocol
+    from .methods.sparsefusion import SparseFusionConfig
     from .pretrained import shipped_model_dir
 
     scene_path = Path(args.scene) if args.scene else _default_demo_scene()
@@ -85,7 +86,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     n_train = len(json.loads(train_json.read_text())["frames"])
     protocol, downscale, k = ("blender-split-2view", 1.0, 2) if n_train <= 8 else ("lego-3view", 2.0, 3)
     out = Path(args.out)
-    with_prior = not args.no_prior_only and (shipped_model_dir("vldm") / "config.json").is_file()
+    vldm_dir = shipped_model_dir(SparseFusionConfig().sf_model)
+    with_prior = not args.no_prior_only and (vldm_dir / "config.json").is_file()
     print(f"fewview demo: reconstructing {scene_path.name} from {k} views (protocol {protocol}) into {out}/")
     every = lambda n: max(n // 4, 1)  # noqa: E731
     cfg = FitConfig(**{**SPARSE_PRESET, "steps": args.steps, "upsample_step": args.steps // 3,
@@ -95,8 +97,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_record(record, out / "no-prior")
     runs = {"no prior": "no-prior"}
     if with_prior:
-        from .methods.sparsefusion import SparseFusionConfig
-
         print("SparseFusion: the shipped VLDM distilled into the field")
         sf = SparseFusionConfig(steps=args.sf_steps, upsample_step=args.sf_steps // 3,
                                 checkpoint_every=every(args.sf_steps),
@@ -324,7 +324,8 @@ def _recon_distilled(args: argparse.Namespace) -> int:
     from .evaluation import to_uint8
     from .methods.sparsefusion import SparseFusionConfig
 
-    cfg = SparseFusionConfig(sf_model=args.model or "vldm", steps=args.fit_steps, upsample_step=args.fit_steps // 3)
+    model = {"sf_model": args.model} if args.model else {}  # default: the method's
+    cfg = SparseFusionConfig(**model, steps=args.fit_steps, upsample_step=args.fit_steps // 3)
     done = _fit_scene(args, cfg)
     if isinstance(done, int):
         return done
@@ -759,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recon", help="novel views from a trained model (eft, pixelnerf) or SparseFusion (distilled)")
     rc.add_argument("scene", help="scene folder (any supported format)")
     rc.add_argument("--method", required=True, choices=["eft", "pixelnerf", "sparsefusion", "dfm", "lrm", "real3d"],
-                    help="sparsefusion: the VLDM (--model, default the shipped vldm) distilled into a field; "
+                    help="sparsefusion: the VLDM (--model, default the shipped vldm-v) distilled into a field; "
                          "dfm: 3-D scenes sampled from the views")  # fmt: skip
     rc.add_argument("--samples", type=int, default=1, help="dfm: independent scenes (uncertainty when > 1)")
     rc.add_argument("--seed", type=int, default=0, help="dfm: seed of sample 0")

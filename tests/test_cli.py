@@ -5,7 +5,7 @@ from fewview.cli import main
 from .helpers import make_cams, write_llff
 
 # The README states the demo's quality on the example object's 9 held-out views from its first 2 views: the no-prior
-# fit 11.5 dB (500 steps); SparseFusion with the shipped VLDM 16.4 dB (300 steps), floor 16.0.
+# fit 11.5 dB (500 steps); SparseFusion with the shipped vldm-v 16.5 dB (300 steps), floor 16.0.
 DEMO_PSNR, DEMO_TOLERANCE = 11.5, 0.6
 DEMO_SF_PSNR = 16.0
 
@@ -13,6 +13,7 @@ DEMO_SF_PSNR = 16.0
 def test_demo_on_the_shipped_example_reaches_the_stated_quality(tmp_path, capsys, monkeypatch):
     import json
 
+    from fewview.methods.sparsefusion import SparseFusionConfig
     from fewview.pretrained import shipped_model_dir
 
     monkeypatch.delenv("FEWVIEW_DEMO_SCENE", raising=False)
@@ -20,7 +21,7 @@ def test_demo_on_the_shipped_example_reaches_the_stated_quality(tmp_path, capsys
     assert main(["demo", "--out", str(out_dir), "--quiet"]) == 0  # the default run a new user gets
     out = capsys.readouterr().out
     assert "example_object" in out and "blender-split-2view" in out and "PSNR" in out
-    with_prior = (shipped_model_dir("vldm") / "config.json").is_file()
+    with_prior = (shipped_model_dir(SparseFusionConfig().sf_model) / "config.json").is_file()
     runs = ["no-prior", "sparsefusion"] if with_prior else ["no-prior"]
     for run in runs:
         for name in ("metrics.json", "report.html", "checkpoint/field.safetensors"):

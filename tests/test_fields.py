@@ -92,6 +92,8 @@ def test_dense_grid_upsample_preserves_the_function():
     before = f.density(pts)[0]
     f.upsample(17)
     assert f.res == 17 and f.density_grid.shape == (17**3, 1) and f.config()["resolution"] == 17
+    # the strides a fresh field (or a loaded checkpoint) has, so a resumed fit computes what an uninterrupted one does
+    assert f.density_grid.stride() == (1, 1) and f.feature_grid.stride() == (3, 1)
     torch.testing.assert_close(f.density(pts)[0], before, atol=1e-4, rtol=1e-4)
 
 

@@ -17,7 +17,7 @@ _spec.loader.exec_module(bench)
 
 
 def args(**kw):
-    base = {"model": "vldm", "device": "cpu", "steps": 300, "progress": False, "guidance": 1.0,
+    base = {"model": bench.DEFAULT_MODEL, "device": "cpu", "steps": 300, "progress": False, "guidance": 1.0,
             "max_denoise_steps": 5, "t_max": 0.99, "overrides": {}, "sample_steps": 50}
     return argparse.Namespace(**{**base, **kw})
 
@@ -57,16 +57,28 @@ def test_set_overrides_are_typed_reach_the_prior_rows_and_get_their_own_folder()
 
 
 def test_another_vldm_gets_its_own_rows_and_folders():
+    assert bench.DEFAULT_MODEL == "vldm-v"
     for row in bench.ROWS:
-        same, other = args(), args(model="vldm-v")
+        same, other = args(), args(model="vldm")
         if row == "field":  # the no-prior fit reads no model
             assert bench.row_key(row, other) == row
             continue
         assert bench.row_key(row, same) == row
-        assert bench.row_key(row, other).endswith("@model=vldm-v")
+        assert bench.row_key(row, other).endswith("@model=vldm")
         assert bench.row_folder(row, same) != bench.row_folder(row, other)
-        assert bench.row_label(bench.row_key(row, other)).endswith("(model=vldm-v)")
-    assert bench.row_folder("vldm", args()) == "vldm@guidance=1.0@sample_steps=50"  # committed records still match
+        assert bench.row_label(bench.row_key(row, other)).endswith("(model=vldm)")
+    assert bench.row_folder("vldm", args()) == "vldm@guidance=1.0@sample_steps=50"
+    assert bench.row_folder("vldm", args(model="vldm")) == "vldm@guidance=1.0@model=vldm@sample_steps=50"
+
+
+def test_committed_records_name_every_model_but_the_default():
+    """Rows scored when `vldm` was the default are keyed `@model=vldm`; none names the default model."""
+    for path in sorted((_SCRIPT.parent / "results").glob("sparsefusion*.json")):
+        for rows in json.loads(path.read_text()).get("results", {}).values():
+            for key, entry in rows.items():
+                assert f"@model={bench.DEFAULT_MODEL}" not in key, (path.name, key)
+                if "--model vldm " in entry.get("command", "") + " ":
+                    assert key.endswith("@model=vldm"), (path.name, key)
 
 
 def test_time_split_puts_the_unnamed_step_time_in_backward():

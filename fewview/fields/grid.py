@@ -61,7 +61,11 @@ class DenseGridField(Field):
             c = table.shape[1]
             vol = table.reshape(self.res, self.res, self.res, c).permute(3, 0, 1, 2)[None]
             vol = F.interpolate(vol, size=(resolution,) * 3, mode="trilinear", align_corners=True)
-            return vol[0].permute(1, 2, 3, 0).reshape(-1, c).contiguous()
+            # Row-major strides even for c = 1, as a checkpoint loads them: a (N, 1) view with stride (1, N) makes
+            # some kernels reduce in another order, so a resumed fit would drift from an uninterrupted one.
+            return torch.empty(resolution**3, c, dtype=table.dtype, device=table.device).copy_(
+                vol[0].permute(1, 2, 3, 0).reshape(-1, c)
+            )
 
         self.density_grid = nn.Parameter(resample(self.density_grid.data))
         self.feature_grid = nn.Parameter(resample(self.feature_grid.data))

@@ -53,7 +53,7 @@ OBJECTIVES = ("multistep", "sds", "eft", "samples")
 @dataclass
 class SparseFusionOptions:
     sf_model: str = option(
-        default="vldm", metadata={"help": "VLDM: shipped vldm (ε-prediction), vldm-v (v-prediction) or a folder"}
+        default="vldm-v", metadata={"help": "VLDM: shipped vldm-v (v-prediction), vldm (ε-prediction) or a folder"}
     )
     sf_path: str = option(default="inputs", metadata={"help": "inputs | official (fits all scene cameras: leaks)"})
     sf_path_cameras: int = option(default=50, metadata={"help": "cameras on the distillation orbit"})
