@@ -98,6 +98,13 @@ def test_multistep_loss_weight_and_target(objects_root):
     torch.testing.assert_close(terms["multistep_l1"], w * (render - x0).abs().mean())
     terms["multistep_l1"].backward()
     torch.testing.assert_close(render.grad, w * torch.sign(render - x0) / render.numel())
+    # classifier-free guidance reaches the denoiser
+    guided = multistep_terms(model, render, cond, t, noise=noise, guidance=3.0)
+    with torch.no_grad():
+        z3, _ = model.multistep_denoise(model.vae.encode(render), t, cond, guidance=3.0, noise=noise)
+        x3 = model.vae.decode(z3).clamp(0, 1)
+    assert (x3 - x0).abs().max() > 1e-4
+    torch.testing.assert_close(guided["multistep_l1"], w * (render - x3).abs().mean())
 
 
 def spy_denoiser(model) -> dict:

@@ -89,16 +89,18 @@ def multistep_terms(model, render: Tensor, cond: dict | None, t: float, noise: T
                     perceptual=None, w_perceptual: float = 0.1, method: str = "plms",
                     generator: torch.Generator | None = None,
                     timings: dict | None = None, max_steps: int = 50, eta: float = 0.0,
-                    clip_x0: float | None = None) -> dict[str, Tensor]:  # fmt: skip
+                    clip_x0: float | None = None, guidance: float = 1.0) -> dict[str, Tensor]:  # fmt: skip
     """SparseFusion's multi-step distillation loss for ``render`` (B,3,H,W) in [0, 1]: encode it, noise the latent
     to continuous time ``t`` on the model's own schedule, denoise back in min(⌊100t⌋, max_steps) steps, decode x̂0 and
     compare: (1 − ᾱ_t)·L1(render, sg(x̂0)) and ``w_perceptual``·perceptual(render, sg(x̂0)) (LPIPS). ``eta`` and
-    ``clip_x0`` shape the sampler (the official one: 1 and 10); its step noise comes from ``generator``."""
+    ``clip_x0`` shape the sampler (the official one: 1 and 10); its step noise comes from ``generator``;
+    ``guidance`` is the denoiser's classifier-free guidance (the official: 1, none)."""
     clock = PhaseClock(timings)
     with torch.no_grad():
         z = clock("encode", model.vae.encode, render.detach())
         z0, info = clock("denoise", model.multistep_denoise, z, t, cond, noise=noise, generator=generator,
-                         method=method, max_steps=max_steps, eta=eta, clip_x0=clip_x0)  # fmt: skip
+                         method=method, guidance=guidance, max_steps=max_steps, eta=eta,
+                         clip_x0=clip_x0)  # fmt: skip
         target = clock("decode", model.vae.decode, z0).clamp(0, 1)
     w = 1 - info["alpha_bar"]
     terms = {"multistep_l1": w * (render - target).abs().mean()}

@@ -206,7 +206,7 @@ class SparseFusionFitter(Fitter):
         return multistep_terms(self.vldm, rgb, {"concat": self.cond[i]}, t, noise.to(rgb), perceptual,
                                c.sf_w_perceptual, generator=self.gen, timings=self.timings,
                                max_steps=c.sf_max_denoise_steps, eta=c.sf_denoise_eta,
-                               clip_x0=c.sf_clip_x0 or None)  # fmt: skip
+                               clip_x0=c.sf_clip_x0 or None, guidance=c.sf_guidance)  # fmt: skip
 
     def losses(self, idx: Tensor):
         c = self.cfg
